@@ -1,0 +1,3 @@
+from otxlite.cli import main
+
+main()

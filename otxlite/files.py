@@ -1,0 +1,117 @@
+"""Reading and atomically writing the files that pass between stages."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from otxlite import OtxliteError
+
+CHECKPOINT_FORMAT = 1
+LABEL_SCHEMA = "label_schema.json"
+
+
+def read_yaml(path):
+    """Parse a YAML file, turning syntax errors into one message that names the file."""
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise OtxliteError(f"{path}: invalid YAML{where}: {getattr(err, 'problem', err)}. Fix the syntax.") from None
+
+
+def read_json(path):
+    """Parse a JSON file, turning syntax errors into one message that names the file."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise OtxliteError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}.") from None
+
+
+def read_text(path):
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise OtxliteError(f"{path}: file not found.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OtxliteError(f"{path}: cannot read the file ({err}).") from None
+
+
+def write_atomic(path, write):
+    """Call write(file_object) on a temporary file beside path, then rename it over path.
+
+    A run killed half-way leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OtxliteError(f"Cannot write to {path.parent}: {err.strerror}. Choose another --output folder.") from None
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, data):
+    write_atomic(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def save_checkpoint(path, checkpoint):
+    write_atomic(path, lambda f: torch.save(checkpoint, f))
+
+
+def read_torch_file(path):
+    """torch.load(path, weights_only=True), with one clear error for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OtxliteError(f"{path}: file not found.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a foreign file can make the unpickler raise almost any type
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise OtxliteError(f"{path}: not a readable PyTorch checkpoint ({first_line}).") from None
+
+
+def load_checkpoint(path):
+    """An otxlite checkpoint (weights.pth or checkpoints/last.pth)."""
+    checkpoint = read_torch_file(path)
+    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+        raise OtxliteError(
+            f"{path}: not an otxlite checkpoint (no format_version). Pass a weights.pth written by `otxlite train`."
+        )
+    return checkpoint
+
+
+def write_label_schema(folder, schema):
+    write_json(Path(folder) / LABEL_SCHEMA, schema)
+
+
+def read_label_schema(model_path, expected=None):
+    """The label_schema.json beside a model file; when expected is given, it must match it."""
+    path = Path(model_path).parent / LABEL_SCHEMA
+    if not path.is_file():
+        raise OtxliteError(f"{path}: missing. Every model file needs the {LABEL_SCHEMA} its stage wrote beside it.")
+    schema = read_json(path)
+    if not isinstance(schema, dict) or not isinstance(schema.get("labels"), list):
+        raise OtxliteError(f"{path}: not a label schema (expected {{'task': ..., 'labels': [...]}}).")
+    if expected is not None and label_names(schema) != label_names(expected):
+        raise OtxliteError(
+            f"{path}: labels {label_names(schema)} do not match the model's {label_names(expected)}. "
+            f"Put back the {LABEL_SCHEMA} written with {Path(model_path).name}."
+        )
+    return schema
+
+
+def label_names(schema):
+    return [label["name"] for label in schema["labels"]]

@@ -1,0 +1,130 @@
+"""Building torchvision detectors from templates, and loading their weights."""
+
+import importlib
+
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import MultiScaleRoIAlign
+
+from otxlite import OtxliteError
+from otxlite.files import label_names
+
+# Where each detector family keeps the layers whose shape depends on the number of classes.
+CLASS_HEAD_PATHS = ("roi_heads.box_predictor", "head.classification_head")
+# Buffers that torchvision's FrozenBatchNorm2d (used with pretrained backbones) lacks; harmless when absent.
+OPTIONAL_KEYS = ("num_batches_tracked",)
+
+
+def resolve_builder(architecture):
+    """A torchvision.models.detection builder by name, or any 'module:function'."""
+    if ":" in architecture:
+        module_name, _, function_name = architecture.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), function_name)
+        except (ImportError, AttributeError) as err:
+            raise OtxliteError(f"Cannot import model builder '{architecture}': {err}.") from None
+    builder = getattr(torchvision.models.detection, architecture, None)
+    if not callable(builder):
+        raise OtxliteError(f"'{architecture}' is not a torchvision.models.detection builder.")
+    return builder
+
+
+def download_weights(name):
+    """Fetch torchvision weights into the TORCH_HOME cache, or explain how to do without them."""
+    weights = torchvision.models.get_weight(name)
+    try:
+        weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as err:
+        cache = f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
+        raise OtxliteError(
+            f"Cannot download pretrained weights {name} from {weights.url} ({err}). "
+            f"Pass --no-pretrained to start from random weights, or --load-weights FILE, "
+            f"or put the file at {cache}."
+        ) from None
+
+
+def build_model(template, num_classes, pretrained=False):
+    """The template's detector with num_classes foreground classes (torchvision adds background).
+
+    With pretrained, the COCO weights the template names are loaded and the class head
+    is re-initialised; a template without COCO weights gets its ImageNet backbone weights.
+    """
+    spec = template["model"]
+    builder = resolve_builder(spec["architecture"])
+    kwargs = dict(spec.get("kwargs") or {})
+    model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+    if not pretrained:
+        return model
+    if spec.get("weights"):
+        download_weights(spec["weights"])
+        pretrained_model = builder(weights=spec["weights"], **kwargs)
+        head_path = class_head_path(model)
+        set_submodule(pretrained_model, head_path, model.get_submodule(head_path))
+        return pretrained_model
+    if spec.get("weights_backbone"):
+        download_weights(spec["weights_backbone"])
+        return builder(weights=None, weights_backbone=spec["weights_backbone"], num_classes=num_classes + 1, **kwargs)
+    raise OtxliteError(f"Template {template['id']} names no pretrained weights; pass --no-pretrained.")
+
+
+def class_head_path(model):
+    for path in CLASS_HEAD_PATHS:
+        try:
+            model.get_submodule(path)
+            return path
+        except AttributeError:
+            continue
+    raise OtxliteError(f"{type(model).__name__} has none of the class heads otxlite knows: {CLASS_HEAD_PATHS}.")
+
+
+def set_submodule(model, path, module):
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path), name, module)
+
+
+def load_state(model, state_dict, source, keep_class_head=True):
+    """Load state_dict into model; without keep_class_head, the class head keeps its fresh weights.
+
+    Any other missing or mismatching tensor is an error naming source.
+    """
+    head_path = class_head_path(model)
+    if not keep_class_head:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head_path + ".")}
+    own = model.state_dict()
+    mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    result = model.load_state_dict({k: v for k, v in state_dict.items() if k not in mismatched}, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(OPTIONAL_KEYS)]
+    if not keep_class_head:
+        missing = [k for k in missing if not k.startswith(head_path + ".")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith(OPTIONAL_KEYS)]
+    if mismatched or missing or unexpected:
+        problems = mismatched[:3] + missing[:3] + unexpected[:3]
+        raise OtxliteError(
+            f"{source}: weights do not fit this model ({len(mismatched)} of other shape, {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {', '.join(problems)}). Was it trained from another template?"
+        )
+
+
+def model_from_checkpoint(checkpoint, source):
+    """The detector stored in an otxlite checkpoint, in eval mode."""
+    model = build_model(checkpoint["template"], len(label_names(checkpoint["labels"])))
+    load_state(model, checkpoint["model"], source)
+    return model.eval()
+
+
+def fasterrcnn_mobilenet_v2(num_classes, weights=None, weights_backbone=None,
+                            anchor_sizes=(32, 64, 128, 256, 512), aspect_ratios=(0.5, 1.0, 2.0), **kwargs):
+    """Faster R-CNN on MobileNetV2 features, as in torchvision's detection fine-tuning tutorial.
+
+    An example of a custom builder: templates reach it as 'otxlite.models:fasterrcnn_mobilenet_v2'.
+    """
+    if weights is not None:
+        raise OtxliteError("fasterrcnn_mobilenet_v2 has no COCO weights; only weights_backbone can be pretrained.")
+    backbone = torchvision.models.mobilenet_v2(weights=weights_backbone).features
+    backbone.out_channels = 1280
+    anchor_generator = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
+    roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
+    return FasterRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchor_generator,
+                      box_roi_pool=roi_pool, **kwargs)

@@ -1,0 +1,240 @@
+"""`otxlite train`: fine-tune a template's detector, keeping the best epoch as weights.pth."""
+
+import csv
+import io
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from otxlite import OtxliteError, __version__
+from otxlite.data import DetectionDataset, GroupedBatchSampler, collate, load_splits, require_splits
+from otxlite.evaluate import coco_map, predict_batches
+from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, read_torch_file, save_checkpoint,
+                           write_atomic, write_label_schema)
+from otxlite.models import build_model, load_state
+from otxlite.templates import apply_overrides
+
+log = logging.getLogger("otxlite")
+BEST_METRIC = "map_50"
+WARMUP_START_FACTOR = 0.001
+
+
+def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
+          seed=0, resume=False):
+    """Train template on the train split, validating on val each epoch; returns the weights.pth path.
+
+    output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume)
+    and logs/ (train.log, metrics.csv, loss.png).
+    """
+    output = Path(output)
+    last_path = output / "checkpoints" / "last.pth"
+    state = load_checkpoint(last_path) if resume else None
+    if state is not None:
+        template = state["template"]
+        log.info("Resuming %s from epoch %d of %s", template["id"], state["epoch"], last_path)
+    template = apply_overrides(template, overrides or {})
+    params = template["hyper_parameters"]["learning_parameters"]
+    device = pick_device(device)
+
+    require_splits(specs, "train", "val")
+    splits, schema = load_splits(specs)
+    if state is not None and label_names(schema) != label_names(state["labels"]):
+        raise OtxliteError(f"The data's classes {label_names(schema)} differ from the resumed run's "
+                           f"{label_names(state['labels'])}. Resume with the same data.")
+    write_label_schema(output, schema)
+    for name in ("train", "val"):
+        log.info("%s split: %d images, %d boxes", name, len(splits[name].samples),
+                 sum(len(s.boxes) for s in splits[name].samples))
+
+    pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
+    torch.manual_seed(seed)
+    model = build_model(template, len(schema["labels"]), pretrained=pretrained)
+    if load_weights:
+        start_from(model, load_weights, schema)
+    model.to(device)
+
+    train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed)
+    val_loader = make_loader(splits["val"].samples, schema, params, device, train=False, seed=seed)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=params["learning_rate"],
+                                momentum=params["momentum"], weight_decay=params["weight_decay"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(params, len(train_loader)))
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    history, start_epoch, best = [], 0, None
+    if state is not None:
+        load_state(model, state["model"], last_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, start_epoch, best = state["history"], state["epoch"], state["best_metric"]
+        if start_epoch >= params["num_iters"]:
+            raise OtxliteError(f"{last_path}: the run already finished its {start_epoch} epochs. To train longer, "
+                               f"add params --learning_parameters.num_iters N with N > {start_epoch}.")
+
+    log.info("Training %s on %s for %d epochs (batch %d, lr %g, %s pretrained weights)", template["id"], device,
+             params["num_iters"], params["batch_size"], params["learning_rate"],
+             "with" if pretrained else "without")
+    for epoch in range(start_epoch, params["num_iters"]):
+        torch.manual_seed(seed * 1000 + epoch)  # the epoch's randomness depends on (seed, epoch) alone
+        train_loader.batch_sampler.set_epoch(epoch)
+        started = time.perf_counter()
+        losses = train_one_epoch(model, optimizer, scheduler, scaler, train_loader, device, epoch, params["num_iters"])
+        train_seconds = time.perf_counter() - started
+        metrics = coco_map(splits["val"].samples, predict_batches(model, val_loader, device), schema)
+        row = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"],
+               **{f"val_{k}": v for k, v in metrics.items()},
+               "seconds": round(time.perf_counter() - started, 2),
+               "images_per_s": round(len(splits["train"].samples) / train_seconds, 2)}
+        history.append(row)
+        improved = best is None or metrics[BEST_METRIC] > best["value"]
+        if improved:
+            best = {"value": metrics[BEST_METRIC], "epoch": epoch + 1}
+            save_checkpoint(output / "weights.pth", weights_checkpoint(model, template, schema, metrics, epoch + 1))
+        log.info("epoch %d/%d  loss %.4f  val mAP@0.5 %.4f  mAP@[.5:.95] %.4f  %.1f s  %.2f img/s%s",
+                 epoch + 1, params["num_iters"], losses["loss"], metrics["map_50"], metrics["map_50_95"],
+                 row["seconds"], row["images_per_s"], "  (best, saved weights.pth)" if improved else "")
+        save_checkpoint(last_path, {"format_version": CHECKPOINT_FORMAT, "template": template, "labels": schema,
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                    "pretrained": pretrained, "epoch": epoch + 1, "best_metric": best,
+                                    "history": history})
+        write_logs(output / "logs", history)
+        if should_stop(params, epoch + 1, best):
+            log.info("Early stopping: no better val mAP@0.5 for %d epochs since epoch %d.",
+                     params["early_stop_patience"], best["epoch"])
+            break
+    log.info("Best val mAP@0.5 %.4f at epoch %d: %s", best["value"], best["epoch"], output / "weights.pth")
+    return output / "weights.pth"
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OtxliteError("--device cuda: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
+    return torch.device(name)
+
+
+def start_from(model, path, schema):
+    """Initialise from an otxlite weights.pth, or from a plain torchvision state_dict file.
+
+    The class head is kept only when the classes are the same.
+    """
+    checkpoint = read_torch_file(path)
+    if isinstance(checkpoint, dict) and "format_version" in checkpoint:
+        same_classes = label_names(checkpoint["labels"]) == label_names(schema)
+        state_dict = checkpoint["model"]
+    elif isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        same_classes, state_dict = False, checkpoint
+    else:
+        raise OtxliteError(f"--load-weights {path}: neither an otxlite weights.pth nor a state_dict.")
+    load_state(model, state_dict, path, keep_class_head=same_classes)
+    log.info("Started from %s (%s)", path, "all weights" if same_classes else "class head re-initialised")
+
+
+def make_loader(samples, schema, params, device, train, seed):
+    dataset = DetectionDataset(samples, schema, train=train)
+    common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
+              "persistent_workers": params["num_workers"] > 0}
+    if train:
+        sampler = GroupedBatchSampler(samples, params["batch_size"], seed)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
+    return torch.utils.data.DataLoader(dataset, batch_size=params["batch_size"], shuffle=False, **common)
+
+
+def lr_schedule(params, iters_per_epoch):
+    """Learning-rate factor per iteration: linear warm-up, then multistep (at epochs) or cosine.
+
+    As in torchvision's references, warm-up lasts at most the first epoch.
+    """
+    warmup, total = min(params["warmup_iters"], iters_per_epoch), params["num_iters"] * iters_per_epoch
+    steps, gamma, kind = params["lr_steps"], params["lr_gamma"], params["lr_scheduler"]
+    if kind not in ("multistep", "cosine"):
+        raise OtxliteError(f"lr_scheduler '{kind}' is not one of multistep, cosine.")
+
+    def factor(iteration):
+        if kind == "multistep":
+            decay = gamma ** sum(iteration >= step * iters_per_epoch for step in steps)
+        else:
+            decay = 0.5 * (1 + math.cos(math.pi * min(iteration / max(total, 1), 1.0)))
+        if iteration < warmup:
+            alpha = iteration / warmup
+            decay *= WARMUP_START_FACTOR * (1 - alpha) + alpha
+        return decay
+
+    return factor
+
+
+def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, epochs):
+    """One pass over loader; returns the mean of each loss term and of their sum ('loss')."""
+    model.train()
+    sums, count, started = {}, 0, time.perf_counter()
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None)
+    for images, targets in progress:
+        images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items() if k != "image_id"} for t in targets]
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            loss_terms = model(images, targets)
+        loss = sum(loss_terms.values())
+        if not torch.isfinite(loss):
+            raise OtxliteError(f"Training diverged: loss is {loss.item()} at epoch {epoch + 1}. "
+                               f"Lower the learning rate (params --learning_parameters.learning_rate X).")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for name, value in loss_terms.items():
+            sums[name] = sums.get(name, 0.0) + value.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        count += 1
+        images_per_s = count * loader.batch_sampler.batch_size / (time.perf_counter() - started)
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                             img_s=f"{images_per_s:.1f}")
+    return {name: round(total / count, 5) for name, total in sums.items()}
+
+
+def should_stop(params, epoch, best):
+    return (params["enable_early_stopping"] and epoch >= params["early_stop_start"]
+            and epoch - best["epoch"] >= params["early_stop_patience"])
+
+
+def weights_checkpoint(model, template, schema, metrics, epoch):
+    postprocessing = template["hyper_parameters"]["postprocessing"]
+    return {"format_version": CHECKPOINT_FORMAT, "otxlite_version": __version__, "template": template,
+            "labels": schema, "model": model.state_dict(), "confidence_threshold": postprocessing["confidence_threshold"],
+            "metrics": metrics, "epoch": epoch}
+
+
+def write_logs(folder, history):
+    """metrics.csv (one row per epoch) and loss.png (loss and val mAP per epoch)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[-1]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(folder / "metrics.csv", lambda f: f.write(buffer.getvalue().encode()))
+    write_atomic(folder / "loss.png", lambda f: plot_history(history, f))
+
+
+def plot_history(history, file):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in [k for k in history[-1] if k.startswith("loss")]:
+        loss_axis.plot(epochs, [row[name] for row in history], marker=".", label=name)
+    loss_axis.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    loss_axis.legend(fontsize="small")
+    for name, label in (("val_map_50", "mAP@0.5"), ("val_map_50_95", "mAP@[.5:.95]")):
+        map_axis.plot(epochs, [row[name] for row in history], marker=".", label=label)
+    map_axis.set(xlabel="epoch", ylabel="validation", title="Validation mAP", ylim=(0, 1))
+    map_axis.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(file, format="png", dpi=100)
+    plt.close(fig)

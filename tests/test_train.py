@@ -1,0 +1,187 @@
+import csv
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+
+from otxlite import OtxliteError
+from otxlite.cli import cli
+from otxlite.data import split_specs
+from otxlite.files import load_checkpoint, read_json, save_checkpoint
+from otxlite.models import build_model, class_head_path, model_from_checkpoint
+from otxlite.templates import find_templates, resolve_template
+from otxlite.train import lr_schedule, train
+
+TEMPLATE_IDS = sorted(t["id"] for t in find_templates("detection"))
+TWO_ITERATIONS = {"learning_parameters.num_iters": "2", "learning_parameters.batch_size": "2"}
+
+
+def metrics_rows(run):
+    with open(run / "logs" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("template_id", TEMPLATE_IDS)
+def test_every_template_trains_and_its_weights_load_back(template_id, tiny_voc, small_template, tmp_path):
+    template = resolve_template(str(small_template(template_id)))
+    weights = train(template, split_specs(tiny_voc), tmp_path / "run", TWO_ITERATIONS, pretrained=False)
+
+    checkpoint = torch.load(weights, weights_only=True)
+    assert checkpoint["labels"] == read_json(tmp_path / "run" / "label_schema.json")
+    assert checkpoint["template"]["id"] == template_id
+    model = model_from_checkpoint(checkpoint, weights)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, checkpoint["model"][name]), name
+    with torch.inference_mode():
+        (output,) = model([torch.rand(3, 120, 150)])
+    assert set(output) == {"boxes", "scores", "labels"}
+    assert (tmp_path / "run" / "logs" / "loss.png").stat().st_size > 1000
+    assert len(metrics_rows(tmp_path / "run")) == 2
+
+
+def test_cli_train_writes_the_run_folder(tiny_voc, small_template, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn")),
+                                      "--data", str(tiny_voc), "--output", str(run), "--no-pretrained",
+                                      "params", "--learning_parameters.num_iters", "2"])
+    assert result.exit_code == 0, result.output
+    for name in ("weights.pth", "label_schema.json", "checkpoints/last.pth", "logs/train.log", "logs/metrics.csv",
+                 "logs/loss.png"):
+        assert (run / name).is_file(), name
+    rows = metrics_rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"loss", "loss_classifier", "lr", "val_map_50", "val_map_50_95", "seconds", "images_per_s"} <= set(rows[0])
+    assert "epoch 2/2" in (run / "logs" / "train.log").read_text()
+    schema = read_json(run / "label_schema.json")
+    assert schema["task"] == "detection"
+    assert [(label["id"], label["color"][0]) for label in schema["labels"]] == [(1, "#"), (2, "#"), (3, "#")]
+
+
+def test_same_seed_repeats_a_cpu_run_exactly(tiny_voc, small_template, tmp_path):
+    template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
+    overrides = {"learning_parameters.num_iters": "2"}
+    first = torch.load(train(template, split_specs(tiny_voc), tmp_path / "a", overrides, pretrained=False, seed=5),
+                       weights_only=True)
+    second = torch.load(train(template, split_specs(tiny_voc), tmp_path / "b", overrides, pretrained=False, seed=5),
+                        weights_only=True)
+    for name, tensor in first["model"].items():
+        assert torch.equal(tensor, second["model"][name]), name
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_voc, small_template, tmp_path):
+    template = small_template("fasterrcnn_mobilenet_v3_large_320_fpn")
+    command = [sys.executable, "-m", "otxlite", "train", str(template), "--data", str(tiny_voc), "--no-pretrained",
+               "params", "--learning_parameters.num_iters", "3", "--learning_parameters.enable_early_stopping", "false"]
+    straight = tmp_path / "straight"
+    subprocess.run(command[:7] + ["--output", str(straight)] + command[7:], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command[:7] + ["--output", str(killed)] + command[7:],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "logs" / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before_kill = len(metrics_rows(killed))
+    assert finished_before_kill < 3
+    load_checkpoint(killed / "weights.pth")  # the kill left a valid file behind
+
+    resumed = subprocess.run([sys.executable, "-m", "otxlite", "train", "--resume", "--output", str(killed),
+                              "--data", str(tiny_voc)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from epoch {finished_before_kill}" in resumed.stderr
+    rows, expected = metrics_rows(killed), metrics_rows(straight)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for row, reference in zip(rows, expected):
+        assert float(row["loss"]) == pytest.approx(float(reference["loss"]), rel=1e-4)
+        assert float(row["lr"]) == pytest.approx(float(reference["lr"]))
+    final = load_checkpoint(killed / "checkpoints" / "last.pth")["model"]
+    reference = load_checkpoint(straight / "checkpoints" / "last.pth")["model"]
+    for name, tensor in final.items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-5)
+
+    extend = subprocess.run([sys.executable, "-m", "otxlite", "train", "--resume", "--output", str(killed),
+                             "--data", str(tiny_voc), "params", "--learning_parameters.num_iters", "4"],
+                            capture_output=True, text=True)
+    assert extend.returncode == 0, extend.stderr
+    assert [r["epoch"] for r in metrics_rows(killed)] == ["1", "2", "3", "4"]
+
+    again = subprocess.run([sys.executable, "-m", "otxlite", "train", "--resume", "--output", str(killed),
+                            "--data", str(tiny_voc)], capture_output=True, text=True)
+    assert again.returncode == 2 and "already finished its 4 epochs" in again.stderr
+
+
+def test_load_weights_keeps_everything_for_the_same_classes_and_resets_the_head_otherwise(
+        tiny_voc, small_template, tmp_path):
+    template = resolve_template(str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn")))
+    first = train(template, split_specs(tiny_voc), tmp_path / "first", TWO_ITERATIONS, pretrained=False)
+    trained = torch.load(first, weights_only=True)["model"]
+
+    same = torch.load(train(template, split_specs(tiny_voc), tmp_path / "same",
+                            {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}, load_weights=first),
+                      weights_only=True)["model"]
+    for name, tensor in trained.items():
+        if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics still update
+            assert torch.equal(tensor, same[name]), name
+
+    two_classes = tmp_path / "two_classes"
+    checkpoint = torch.load(first, weights_only=True)
+    checkpoint["labels"]["labels"] = checkpoint["labels"]["labels"][:2]
+    model = build_model(checkpoint["template"], 2)
+    head = class_head_path(model)
+    checkpoint["model"] = {k: v for k, v in model.state_dict().items()}
+    save_checkpoint(two_classes, checkpoint)
+    changed = torch.load(train(template, split_specs(tiny_voc), tmp_path / "changed",
+                               {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}, load_weights=two_classes),
+                         weights_only=True)["model"]
+    assert changed[f"{head}.cls_score.weight"].shape[0] == 4  # background + 3 classes of the data
+
+
+def test_pretrained_weights_offline_give_one_clear_error(monkeypatch, tiny_voc, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(OtxliteError, match="--no-pretrained") as error:
+        train(resolve_template("ssdlite320_mobilenet_v3_large"), split_specs(tiny_voc), tmp_path / "run")
+    assert "ssdlite320_mobilenet_v3_large_coco" in str(error.value)
+
+
+def test_not_a_checkpoint_and_wrong_template_weights_are_clear_errors(tiny_voc, small_template, tmp_path):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"hello")
+    with pytest.raises(OtxliteError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(junk)
+    torch.save({"a": 1}, tmp_path / "dict.pth")
+    with pytest.raises(OtxliteError, match="not an otxlite checkpoint"):
+        load_checkpoint(tmp_path / "dict.pth")
+
+    ssd = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
+    weights = train(ssd, split_specs(tiny_voc), tmp_path / "ssd", TWO_ITERATIONS, pretrained=False)
+    other = resolve_template(str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn")))
+    with pytest.raises(OtxliteError, match="weights do not fit this model"):
+        train(other, split_specs(tiny_voc), tmp_path / "other", TWO_ITERATIONS, load_weights=weights)
+
+
+def test_train_without_val_split_says_how_to_add_one(tmp_path, tiny_voc):
+    specs = split_specs(tiny_voc)
+    del specs["val"]
+    with pytest.raises(OtxliteError, match="No val split given"):
+        train(resolve_template("ssd300_vgg16"), specs, tmp_path / "run", pretrained=False)
+
+
+def test_lr_schedule_warms_up_within_the_first_epoch_then_steps():
+    params = {"warmup_iters": 100, "num_iters": 10, "lr_steps": [4, 8], "lr_gamma": 0.1, "lr_scheduler": "multistep"}
+    factor = lr_schedule(params, iters_per_epoch=10)
+    assert factor(0) == pytest.approx(0.001)
+    assert factor(5) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert [factor(i) for i in (10, 39, 40, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cosine = lr_schedule({**params, "lr_scheduler": "cosine"}, iters_per_epoch=10)
+    assert [cosine(i) for i in (10, 50, 100)] == pytest.approx([0.5 * (1 + 0.9510565), 0.5, 0.0])
