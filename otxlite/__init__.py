@@ -1,6 +1,10 @@
 """otxlite: train, evaluate, export and optimize torchvision object detectors."""
 
+import logging
+
 __version__ = "0.1.0"
+
+logging.getLogger("otxlite").setLevel(logging.INFO)  # train.log records progress even without the CLI
 
 
 class OtxliteError(Exception):

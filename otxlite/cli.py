@@ -34,18 +34,13 @@ class ParamsCommand(click.Command):
         return super().invoke(ctx)
 
 
-def setup_logging(log_file=None):
+def setup_logging():
+    """otxlite's messages to stderr, without decoration."""
     logger = logging.getLogger("otxlite")
-    logger.setLevel(logging.INFO)
-    logger.handlers.clear()
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(console)
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
+    if not logger.handlers:
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(console)
 
 
 def data_options(splits):
@@ -70,22 +65,17 @@ def cli():
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template.yaml files.")
 def find(task, template_dir):
     """List the model templates."""
+    from otxlite.report import format_table
     from otxlite.templates import find_templates
+
+    def number(value):
+        return "-" if value is None else f"{value:g}"
 
     templates = find_templates(task, template_dir)
     header = ("TASK", "ID", "NAME", "PARAMS (M)", "GFLOPS", "COCO AP", "PATH")
-    rows = [(t["task"], t["id"], t["name"], *(fmt(t.get("stats", {}).get(k)) for k in ("params_m", "gflops", "coco_box_ap")),
-             relative(t["path"])) for t in templates]
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    click.echo(line)
-    for row in [header, None, *rows]:
-        click.echo(line if row is None else "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths)) + " |")
-    click.echo(line)
-
-
-def fmt(value):
-    return "-" if value is None else f"{value:g}"
+    click.echo(format_table(header, [
+        (t["task"], t["id"], t["name"], *(number(t.get("stats", {}).get(k)) for k in ("params_m", "gflops", "coco_box_ap")),
+         relative(t["path"])) for t in templates]))
 
 
 def relative(path):
@@ -117,10 +107,33 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
 
     if not template and not resume:
         raise click.UsageError("Give a TEMPLATE (see `otxlite find`), or --resume a run.")
-    setup_logging(Path(output) / "logs" / "train.log")
+    setup_logging()
     resolved = None if resume else resolve_template(template, template_dir)
     run_training(resolved, split_specs(data, **paths), output, overrides, pretrained=pretrained,
                  load_weights=load_weights, device=device, seed=seed, resume=resume)
+
+
+@cli.command("eval", cls=ParamsCommand, epilog=PARAMS_HELP + " By default the confidence threshold for F1 is tuned on "
+             "the results, as OTX does: the threshold of highest micro F1 at IoU 0.5 over 0.025, 0.05, ..., 0.975 "
+             "(score strictly above it, ties to the higher threshold). Fix it with `params "
+             "--postprocessing.confidence_threshold 0.5 --postprocessing.result_based_confidence_threshold false`. "
+             "mAP always uses all detections.")
+@click.argument("template", required=False)
+@click.option("--load-weights", required=True, type=click.Path(), help="Model file: weights.pth.")
+@data_options(["test"])
+@click.option("--save-performance", type=click.Path(), help="Also write performance.json to this path.")
+@click.option("--output", "-o", type=click.Path(), help="Folder for performance.json and the F1 and PR plots.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def evaluate(template, load_weights, data, save_performance, output, device, overrides, **paths):
+    """Evaluate a model on the test split: COCO mAP, per-class AP table, F1.
+
+    TEMPLATE is optional and unused: the model file carries what is needed.
+    """
+    from otxlite.data import split_specs
+    from otxlite.evaluate import evaluate as run_evaluation
+
+    setup_logging()
+    run_evaluation(load_weights, split_specs(data, **paths), output, save_performance, overrides, device)
 
 
 def main():

@@ -314,6 +314,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, {"boxes": boxes, "labels": labels, "image_id": index}
 
 
+def make_loader(samples, schema, params, device, train=False, seed=0):
+    """Batches of (uint8 images, targets); training batches are shuffled, flipped and grouped by shape."""
+    dataset = DetectionDataset(samples, schema, train=train)
+    common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
+              "persistent_workers": params["num_workers"] > 0}
+    if train:
+        sampler = GroupedBatchSampler(samples, params["batch_size"], seed)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
+    return torch.utils.data.DataLoader(dataset, batch_size=params["batch_size"], shuffle=False, **common)
+
+
 def collate(batch):
     return tuple(zip(*batch))
 

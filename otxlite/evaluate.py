@@ -1,24 +1,101 @@
-"""Evaluation: run a detector over a split and score its detections with COCO mAP."""
+"""`otxlite eval`: COCO mAP, a per-class AP table and F1 at a tuned or fixed confidence threshold."""
 
 import contextlib
 import io
+import logging
+from pathlib import Path
 
 import numpy as np
-import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from otxlite.data import load_split, make_loader, require_splits
+from otxlite.files import label_names, write_json
+from otxlite.metrics import THRESHOLD_GRID, detection_metrics
+from otxlite.predictors import load_predictor, pick_device, predict
+from otxlite.report import format_table, plot_f1, plot_precision_recall
+from otxlite.templates import apply_overrides
 
-@torch.inference_mode()
-def predict_batches(model, loader, device):
-    """Detections per image ({'boxes', 'scores', 'labels'} as numpy, in image pixels), in loader order."""
-    model.eval()
-    predictions = []
-    for images, _ in loader:
-        images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
-        for output in model(images):
-            predictions.append({k: output[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")})
-    return predictions
+log = logging.getLogger("otxlite")
+
+
+def evaluate(model_path, specs, output=None, save_performance=None, overrides=None, device="cpu"):
+    """Evaluate a model file on the test split; returns the performance dict.
+
+    output (optional) receives performance.json, f1_curve.png and precision_recall.png;
+    save_performance writes performance.json elsewhere too.
+    """
+    predictor = load_predictor(model_path, pick_device(device))
+    postprocessing = thresholding(predictor, overrides or {})
+    require_splits(specs, "test")
+    split = load_split(specs["test"], known_classes=label_names(predictor.schema))
+    params = predictor.template["hyper_parameters"]["learning_parameters"]
+    log.info("Evaluating %s on %d test images", model_path, len(split.samples))
+    predictions = predict(predictor, make_loader(split.samples, predictor.schema, params, predictor.device))
+    fixed = None if postprocessing["result_based_confidence_threshold"] else postprocessing["confidence_threshold"]
+    performance, result = score(split.samples, predictions, predictor.schema, fixed)
+    log.info("%s", performance_report(performance, result, tuned=fixed is None))
+    for path in filter(None, [save_performance, output and Path(output) / "performance.json"]):
+        write_json(path, performance)
+        log.info("Wrote %s", path)
+    if output:
+        save_plots(result, predictor.schema, Path(output))
+    return performance
+
+
+def thresholding(predictor, overrides):
+    """The postprocessing settings: the model's own threshold unless params override it."""
+    template = apply_overrides({"hyper_parameters": {"postprocessing": {
+        "confidence_threshold": predictor.confidence_threshold,
+        "result_based_confidence_threshold": True}}}, overrides)
+    return template["hyper_parameters"]["postprocessing"]
+
+
+def score(samples, predictions, schema, confidence_threshold=None):
+    """(performance dict for performance.json, full metrics with curves) of predictions on samples.
+
+    mAP figures use every detection; F1 uses detections scoring above the threshold, which is
+    tuned on these results when confidence_threshold is None.
+    """
+    ids = {label["name"]: label["id"] for label in schema["labels"]}
+    ground_truths = [{"boxes": np.asarray(s.boxes, dtype=np.float64).reshape(-1, 4),
+                      "labels": np.array([ids[c] for c in s.classes])} for s in samples]
+    result = detection_metrics(ground_truths, predictions, list(ids.values()), confidence_threshold)
+    names = {label["id"]: label["name"] for label in schema["labels"]}
+    performance = {
+        "f-measure": result["f_measure"],
+        "confidence_threshold": result["confidence_threshold"],
+        **coco_map(samples, predictions, schema),
+        "per_class": {names[i]: {k: none_if_nan(c[k]) for k in ("gts", "dets", "recall", "ap")}
+                      for i, c in result["per_class"].items()},
+    }
+    return performance, result
+
+
+def none_if_nan(value):
+    return None if isinstance(value, float) and np.isnan(value) else value
+
+
+def performance_report(performance, result, tuned):
+    """The per-class table, the headline figures, and which threshold each one uses."""
+    def cell(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = [(name, c["gts"], c["dets"], cell(c["recall"]), cell(c["ap"])) for name, c in performance["per_class"].items()]
+    table = format_table(("class", "gts", "dets", "recall", "ap"), rows, [("mAP", "", "", "", f"{result['map']:.3f}")])
+    how = "tuned on these results" if tuned else "fixed"
+    return (f"\n{table}\n"
+            f"mAP@0.5 {performance['map_50']:.3f}  mAP@[.5:.95] {performance['map_50_95']:.3f}  "
+            f"F1 {performance['f-measure']:.3f} at confidence threshold {performance['confidence_threshold']:g}\n"
+            f"mAP and the table use all detections the model returns; F1 uses detections scoring above "
+            f"{performance['confidence_threshold']:g} ({how}).")
+
+
+def save_plots(result, schema, folder):
+    plot_f1(THRESHOLD_GRID, result["f1_curve"], result["confidence_threshold"], folder / "f1_curve.png")
+    curves = {label["name"]: (c["recall_curve"], c["precision_curve"], c["ap"], label["color"])
+              for label, c in zip(schema["labels"], result["per_class"].values()) if c["gts"]}
+    plot_precision_recall(curves, folder / "precision_recall.png")
 
 
 def coco_ground_truth(samples, schema):
@@ -39,12 +116,12 @@ def coco_ground_truth(samples, schema):
 
 
 def coco_map(samples, predictions, schema):
-    """{'map_50_95', 'map_50'} over all detections, by pycocotools."""
+    """{'map_50', 'map_50_95'} over all detections, by pycocotools."""
     rows = [[image_id, *box[:2], *(box[2:] - box[:2]), score, label]
             for image_id, p in enumerate(predictions)
             for box, score, label in zip(p["boxes"], p["scores"], p["labels"])]
     if not rows:
-        return {"map_50_95": 0.0, "map_50": 0.0}
+        return {"map_50": 0.0, "map_50_95": 0.0}
     ground_truth = coco_ground_truth(samples, schema)
     with contextlib.redirect_stdout(io.StringIO()):
         detections = ground_truth.loadRes(np.array(rows, dtype=np.float64))
@@ -52,4 +129,4 @@ def coco_map(samples, predictions, schema):
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {"map_50_95": max(float(evaluator.stats[0]), 0.0), "map_50": max(float(evaluator.stats[1]), 0.0)}
+    return {"map_50": max(float(evaluator.stats[1]), 0.0), "map_50_95": max(float(evaluator.stats[0]), 0.0)}

@@ -1,6 +1,8 @@
 """Reading and atomically writing the files that pass between stages."""
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -115,3 +117,18 @@ def read_label_schema(model_path, expected=None):
 
 def label_names(schema):
     return [label["name"] for label in schema["labels"]]
+
+
+@contextlib.contextmanager
+def log_file(path):
+    """Copy otxlite's log messages into path (appending) while the block runs."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("otxlite")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

@@ -72,9 +72,11 @@ def average_precision(scores, true_positive, num_ground_truths):
     fp = np.cumsum(~true_positive[order])
     if num_ground_truths == 0:
         return float("nan"), np.zeros(0), np.zeros(0)
+    if len(scores) == 0:
+        return 0.0, np.zeros(0), np.zeros(0)
     recall = tp / num_ground_truths
-    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    precision = tp / (tp + fp)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # precision made non-increasing in recall
     index = np.searchsorted(recall, RECALL_POINTS, side="left")
     sampled = np.where(index < len(envelope), envelope[np.minimum(index, len(envelope) - 1)], 0.0)
     return float(sampled.mean()), precision, recall

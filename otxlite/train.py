@@ -11,11 +11,13 @@ import torch
 from tqdm import tqdm
 
 from otxlite import OtxliteError, __version__
-from otxlite.data import DetectionDataset, GroupedBatchSampler, collate, load_splits, require_splits
-from otxlite.evaluate import coco_map, predict_batches
-from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, read_torch_file, save_checkpoint,
-                           write_atomic, write_label_schema)
+from otxlite.data import load_splits, make_loader, require_splits
+from otxlite.evaluate import coco_map, performance_report, score
+from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, log_file, read_torch_file,
+                           save_checkpoint, write_atomic, write_label_schema)
 from otxlite.models import build_model, load_state
+from otxlite.predictors import TorchPredictor, pick_device, predict
+from otxlite.report import plot_history
 from otxlite.templates import apply_overrides
 
 log = logging.getLogger("otxlite")
@@ -31,6 +33,11 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     and logs/ (train.log, metrics.csv, loss.png).
     """
     output = Path(output)
+    with log_file(output / "logs" / "train.log"):
+        return run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
+
+
+def run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume):
     last_path = output / "checkpoints" / "last.pth"
     state = load_checkpoint(last_path) if resume else None
     if state is not None:
@@ -58,7 +65,7 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     model.to(device)
 
     train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed)
-    val_loader = make_loader(splits["val"].samples, schema, params, device, train=False, seed=seed)
+    val_loader = make_loader(splits["val"].samples, schema, params, device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=params["learning_rate"],
                                 momentum=params["momentum"], weight_decay=params["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(params, len(train_loader)))
@@ -83,7 +90,8 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
         started = time.perf_counter()
         losses = train_one_epoch(model, optimizer, scheduler, scaler, train_loader, device, epoch, params["num_iters"])
         train_seconds = time.perf_counter() - started
-        metrics = coco_map(splits["val"].samples, predict_batches(model, val_loader, device), schema)
+        predictions = predict(TorchPredictor(model, schema, None, template, device), val_loader)
+        metrics = coco_map(splits["val"].samples, predictions, schema)
         row = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"],
                **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - started, 2),
@@ -106,16 +114,9 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
             log.info("Early stopping: no better val mAP@0.5 for %d epochs since epoch %d.",
                      params["early_stop_patience"], best["epoch"])
             break
+    tune_threshold(output / "weights.pth", model, template, schema, splits["val"].samples, val_loader, device)
     log.info("Best val mAP@0.5 %.4f at epoch %d: %s", best["value"], best["epoch"], output / "weights.pth")
     return output / "weights.pth"
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OtxliteError("--device cuda: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
-    return torch.device(name)
 
 
 def start_from(model, path, schema):
@@ -133,16 +134,6 @@ def start_from(model, path, schema):
         raise OtxliteError(f"--load-weights {path}: neither an otxlite weights.pth nor a state_dict.")
     load_state(model, state_dict, path, keep_class_head=same_classes)
     log.info("Started from %s (%s)", path, "all weights" if same_classes else "class head re-initialised")
-
-
-def make_loader(samples, schema, params, device, train, seed):
-    dataset = DetectionDataset(samples, schema, train=train)
-    common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
-              "persistent_workers": params["num_workers"] > 0}
-    if train:
-        sampler = GroupedBatchSampler(samples, params["batch_size"], seed)
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
-    return torch.utils.data.DataLoader(dataset, batch_size=params["batch_size"], shuffle=False, **common)
 
 
 def lr_schedule(params, iters_per_epoch):
@@ -216,25 +207,20 @@ def write_logs(folder, history):
     writer.writeheader()
     writer.writerows(history)
     write_atomic(folder / "metrics.csv", lambda f: f.write(buffer.getvalue().encode()))
-    write_atomic(folder / "loss.png", lambda f: plot_history(history, f))
+    plot_history(history, folder / "loss.png")
 
 
-def plot_history(history, file):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, (loss_axis, map_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in [k for k in history[-1] if k.startswith("loss")]:
-        loss_axis.plot(epochs, [row[name] for row in history], marker=".", label=name)
-    loss_axis.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    loss_axis.legend(fontsize="small")
-    for name, label in (("val_map_50", "mAP@0.5"), ("val_map_50_95", "mAP@[.5:.95]")):
-        map_axis.plot(epochs, [row[name] for row in history], marker=".", label=label)
-    map_axis.set(xlabel="epoch", ylabel="validation", title="Validation mAP", ylim=(0, 1))
-    map_axis.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(file, format="png", dpi=100)
-    plt.close(fig)
+def tune_threshold(weights_path, model, template, schema, val_samples, val_loader, device):
+    """Set weights.pth's confidence threshold to the best F1 on val (unless the template fixes it)."""
+    checkpoint = load_checkpoint(weights_path)
+    load_state(model, checkpoint["model"], weights_path)
+    postprocessing = template["hyper_parameters"]["postprocessing"]
+    fixed = None if postprocessing["result_based_confidence_threshold"] else postprocessing["confidence_threshold"]
+    predictions = predict(TorchPredictor(model, schema, fixed, template, device), val_loader)
+    performance, result = score(val_samples, predictions, schema, fixed)
+    if fixed is None:
+        log.info("Setting confidence threshold to %g based on results", performance["confidence_threshold"])
+    checkpoint["confidence_threshold"], checkpoint["metrics"] = performance["confidence_threshold"], performance
+    save_checkpoint(weights_path, checkpoint)
+    log.info("Validation of the best epoch (%d):%s", checkpoint["epoch"],
+             performance_report(performance, result, tuned=fixed is None))

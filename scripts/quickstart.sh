@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/otxlite train fasterrcnn_mobilenet_v3_large_320_fpn --data samples/bccd-mini/data.yaml \
   --output runs/quickstart --no-pretrained params --learning_parameters.num_iters 8
+.venv/bin/otxlite eval --load-weights runs/quickstart/weights.pth --data samples/bccd-mini/data.yaml \
+  --output runs/quickstart/eval
