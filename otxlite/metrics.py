@@ -84,9 +84,11 @@ def average_precision(scores, true_positive, num_ground_truths):
 
 def f1_curve(scores, true_positive, num_ground_truths, thresholds=THRESHOLD_GRID):
     """Micro F1 at each threshold, keeping detections whose score is strictly above it."""
-    kept = scores[None, :] > thresholds[:, None]
-    tp = (kept & true_positive[None, :]).sum(axis=1)
-    fp = kept.sum(axis=1) - tp
+    order = np.argsort(-scores, kind="mergesort")
+    tp_so_far = np.concatenate([[0], np.cumsum(true_positive[order])])
+    kept = np.searchsorted(-scores[order], -np.asarray(thresholds), side="left")  # how many score above each
+    tp = tp_so_far[kept]
+    fp = kept - tp
     fn = num_ground_truths - tp
     denominator = 2 * tp + fp + fn
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
