@@ -14,6 +14,8 @@ from otxlite import OtxliteError
 
 CHECKPOINT_FORMAT = 1
 LABEL_SCHEMA = "label_schema.json"
+UMASK = os.umask(0o022)  # read the process umask (there is no other way) and put it back
+os.umask(UMASK)
 
 
 def read_yaml(path):
@@ -51,18 +53,26 @@ def write_atomic(path, write):
     A run killed half-way leaves the previous file intact, never a truncated one.
     """
     path = Path(path)
+    make_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise OtxliteError(f"Cannot write to {path.parent}: {err.strerror}. Choose another --output folder.") from None
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes files private; give them the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_folder(folder):
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OtxliteError(f"Cannot create {folder}: {err.strerror}. Choose another --output folder.") from None
 
 
 def write_json(path, data):
@@ -122,7 +132,7 @@ def label_names(schema):
 @contextlib.contextmanager
 def log_file(path):
     """Copy otxlite's log messages into path (appending) while the block runs."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    make_folder(Path(path).parent)
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("otxlite")

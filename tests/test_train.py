@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from otxlite import OtxliteError
 from otxlite.cli import cli
 from otxlite.data import split_specs
-from otxlite.files import load_checkpoint, read_json, save_checkpoint
+from otxlite.files import UMASK, load_checkpoint, read_json, save_checkpoint
 from otxlite.models import build_model, class_head_path, model_from_checkpoint
 from otxlite.templates import find_templates, resolve_template
 from otxlite.train import lr_schedule, train
@@ -54,6 +54,8 @@ def test_cli_train_writes_the_run_folder(tiny_voc, small_template, tmp_path):
     for name in ("weights.pth", "label_schema.json", "checkpoints/last.pth", "logs/train.log", "logs/metrics.csv",
                  "logs/loss.png"):
         assert (run / name).is_file(), name
+    for name in ("weights.pth", "label_schema.json", "logs/metrics.csv"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~UMASK, name
     rows = metrics_rows(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert {"loss", "loss_classifier", "lr", "val_map_50", "val_map_50_95", "seconds", "images_per_s"} <= set(rows[0])
@@ -154,6 +156,25 @@ def test_pretrained_weights_offline_give_one_clear_error(monkeypatch, tiny_voc, 
     assert "ssdlite320_mobilenet_v3_large_coco" in str(error.value)
 
 
+def test_pretrained_weights_come_from_the_torch_home_cache_offline(monkeypatch, tiny_voc, small_template, tmp_path):
+    template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
+    weights = torchvision.models.get_weight(template["model"]["weights"])
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(123)
+    coco_model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    torch.save(coco_model.state_dict(), cached)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+
+    trained = torch.load(train(template, split_specs(tiny_voc), tmp_path / "run",
+                               {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}), weights_only=True)
+    name = "backbone.features.0.0.0.weight"
+    assert torch.equal(trained["model"][name], coco_model.state_dict()[name])
+    head = "head.classification_head.module_list.0.1.weight"
+    assert trained["model"][head].shape[0] != coco_model.state_dict()[head].shape[0]  # re-initialised for 3 classes
+
+
 def test_not_a_checkpoint_and_wrong_template_weights_are_clear_errors(tiny_voc, small_template, tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"hello")
@@ -168,6 +189,13 @@ def test_not_a_checkpoint_and_wrong_template_weights_are_clear_errors(tiny_voc, 
     other = resolve_template(str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn")))
     with pytest.raises(OtxliteError, match="weights do not fit this model"):
         train(other, split_specs(tiny_voc), tmp_path / "other", TWO_ITERATIONS, load_weights=weights)
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, tiny_voc):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OtxliteError, match="Choose another --output folder"):
+        train(resolve_template("ssd300_vgg16"), split_specs(tiny_voc), blocker / "run", pretrained=False)
 
 
 def test_train_without_val_split_says_how_to_add_one(tmp_path, tiny_voc):
