@@ -119,7 +119,8 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
              "--postprocessing.confidence_threshold 0.5 --postprocessing.result_based_confidence_threshold false`. "
              "mAP always uses all detections.")
 @click.argument("template", required=False)
-@click.option("--load-weights", required=True, type=click.Path(), help="Model file: weights.pth.")
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="Model file: weights.pth, model.onnx or openvino.xml (label_schema.json beside it).")
 @data_options(["test"])
 @click.option("--save-performance", type=click.Path(), help="Also write performance.json to this path.")
 @click.option("--output", "-o", type=click.Path(), help="Folder for performance.json and the F1 and PR plots.")
@@ -134,6 +135,21 @@ def evaluate(template, load_weights, data, save_performance, output, device, ove
 
     setup_logging()
     run_evaluation(load_weights, split_specs(data, **paths), output, save_performance, overrides, device)
+
+
+@cli.command()
+@click.option("--load-weights", required=True, type=click.Path(), help="The weights.pth to export.")
+@click.option("--output", "-o", type=click.Path(), default="runs/export", show_default=True)
+@click.option("--format", "export_format", type=click.Choice(["all", "onnx", "openvino"]), default="all",
+              show_default=True)
+@click.option("--precision", type=click.Choice(["FP32", "FP16"]), default="FP32", show_default=True,
+              help="Weights of the OpenVINO IR.")
+def export(load_weights, output, export_format, precision):
+    """Export a weights.pth to ONNX (model.onnx) and OpenVINO IR (openvino.xml + .bin)."""
+    from otxlite.export import FORMATS, export as run_export
+
+    setup_logging()
+    run_export(load_weights, output, FORMATS if export_format == "all" else (export_format,), precision)
 
 
 def main():

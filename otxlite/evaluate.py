@@ -12,20 +12,20 @@ from pycocotools.cocoeval import COCOeval
 from otxlite.data import load_split, make_loader, require_splits
 from otxlite.files import label_names, write_json
 from otxlite.metrics import THRESHOLD_GRID, detection_metrics
-from otxlite.predictors import load_predictor, pick_device, predict
+from otxlite.predictors import load_predictor, predict
 from otxlite.report import format_table, plot_f1, plot_precision_recall
 from otxlite.templates import apply_overrides
 
 log = logging.getLogger("otxlite")
 
 
-def evaluate(model_path, specs, output=None, save_performance=None, overrides=None, device="cpu"):
+def evaluate(model_path, specs, output=None, save_performance=None, overrides=None, device="auto"):
     """Evaluate a model file on the test split; returns the performance dict.
 
     output (optional) receives performance.json, f1_curve.png and precision_recall.png;
     save_performance writes performance.json elsewhere too.
     """
-    predictor = load_predictor(model_path, pick_device(device))
+    predictor = load_predictor(model_path, device)
     postprocessing = thresholding(predictor, overrides or {})
     require_splits(specs, "test")
     split = load_split(specs["test"], known_classes=label_names(predictor.schema))

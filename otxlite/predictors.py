@@ -1,5 +1,6 @@
 """One predictor interface over every model file: RGB images in, detections in image pixels out."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,8 @@ import torch
 
 from otxlite import OtxliteError
 from otxlite.files import load_checkpoint, read_label_schema
+
+METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
 
 
 class TorchPredictor:
@@ -32,17 +35,86 @@ def pick_device(name):
     return torch.device(name)
 
 
-def load_predictor(path, device="cpu"):
+class ExportedPredictor:
+    """Shared by exported models: metadata -> schema/threshold/template; HWC uint8 -> [1, 3, H, W] 0..1."""
+
+    def __init__(self, path, metadata, device):
+        missing = [k for k in METADATA_KEYS if k not in metadata]
+        if missing:
+            raise OtxliteError(f"{path}: not an otxlite export (no {', '.join(missing)} in its metadata). "
+                               f"Export it with `otxlite export`.")
+        embedded = json.loads(metadata["labels"])
+        self.schema = read_label_schema(path, expected=embedded)
+        self.confidence_threshold = float(metadata["confidence_threshold"])
+        self.template = json.loads(metadata["template"])
+        self.device = device
+
+    def __call__(self, images):
+        results = []
+        for image in images:
+            boxes, scores, labels = self.run(np.ascontiguousarray(image.transpose(2, 0, 1)[None], np.float32) / 255)
+            results.append({"boxes": boxes.reshape(-1, 4), "scores": scores, "labels": labels})
+        return results
+
+
+class OnnxPredictor(ExportedPredictor):
+    """model.onnx in ONNX Runtime: the CUDA provider when the device is a GPU, else the CPU."""
+
+    def __init__(self, path, device):
+        import onnxruntime
+
+        cuda = device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable files
+            raise OtxliteError(f"{path}: not a readable ONNX model ({err}).") from None
+        super().__init__(path, self.session.get_modelmeta().custom_metadata_map, device)
+
+    def run(self, image):
+        return self.session.run(None, {"image": image})
+
+
+class OpenVinoPredictor(ExportedPredictor):
+    """openvino.xml on OpenVINO's CPU plugin, computing in f32 (its default on AMX CPUs is bf16)."""
+
+    def __init__(self, path, device):
+        import openvino
+
+        core = openvino.Core()
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as err:
+            raise OtxliteError(f"{path}: not a readable OpenVINO IR ({str(err).splitlines()[0]}).") from None
+        metadata = {key: model.get_rt_info(["model_info", key]).astype(str)
+                    for key in METADATA_KEYS if model.has_rt_info(["model_info", key])}
+        super().__init__(path, metadata, device)
+        self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(self, image):
+        result = self.compiled([image])
+        return [result[output] for output in self.compiled.outputs]
+
+
+PREDICTORS = {".onnx": OnnxPredictor, ".xml": OpenVinoPredictor}
+
+
+def load_predictor(path, device="auto"):
     """The predictor for a model file, by its suffix; label_schema.json must sit beside it."""
     from otxlite.models import model_from_checkpoint
 
-    path = Path(path)
+    path, device = Path(path), pick_device(str(device))
+    if not path.is_file():
+        raise OtxliteError(f"{path}: file not found.")
     if path.suffix == ".pth":
         checkpoint = load_checkpoint(path)
         schema = read_label_schema(path, expected=checkpoint["labels"])
         model = model_from_checkpoint(checkpoint, path)
         return TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"], device)
-    raise OtxliteError(f"{path}: unknown model file type '{path.suffix}'. Pass a weights.pth.")
+    if path.suffix in PREDICTORS:
+        return PREDICTORS[path.suffix](path, device)
+    raise OtxliteError(f"{path}: unknown model file type '{path.suffix}'. "
+                       f"Pass a weights.pth, model.onnx or openvino.xml.")
 
 
 def predict(predictor, loader):

@@ -1,0 +1,111 @@
+"""`otxlite export`: weights.pth -> model.onnx and OpenVINO IR, self-describing, same detections."""
+
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from otxlite import OtxliteError, __version__
+from otxlite.files import (load_checkpoint, make_folder, read_label_schema, write_atomic, write_json,
+                           write_label_schema)
+from otxlite.models import model_from_checkpoint
+
+log = logging.getLogger("otxlite")
+OPSET = 17  # RoiAlign with aligned=True needs 16 or more
+FORMATS = ("onnx", "openvino")
+
+
+class ExportWrapper(torch.nn.Module):
+    """[1, 3, H, W] RGB in 0..1 -> boxes [N, 4] in the image's pixels, scores [N], labels [N].
+
+    Resizing, normalisation, box decoding and NMS are the torchvision model's own, inside the graph.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        output = self.model([image[0]])[0]
+        return output["boxes"], output["scores"], output["labels"]
+
+
+def model_metadata(checkpoint):
+    """What a lone model file needs to describe itself, as strings."""
+    transform = model_from_checkpoint(checkpoint, "checkpoint").transform
+    return {"otxlite_version": __version__, "template_id": checkpoint["template"]["id"],
+            "template": json.dumps(checkpoint["template"]), "labels": json.dumps(checkpoint["labels"]),
+            "confidence_threshold": str(checkpoint["confidence_threshold"]),
+            "input_size": json.dumps(input_size(transform))}
+
+
+def input_size(transform):
+    fixed = getattr(transform, "fixed_size", None)
+    if fixed:
+        return {"fixed_size": list(fixed)}
+    return {"min_size": int(transform.min_size[0]), "max_size": int(transform.max_size)}
+
+
+def export(weights, output, formats=FORMATS, precision="FP32"):
+    """Export a weights.pth to output/model.onnx and/or output/openvino.xml (+ .bin); returns the paths."""
+    weights, output = Path(weights), Path(output)
+    checkpoint = load_checkpoint(weights)
+    schema = read_label_schema(weights, expected=checkpoint["labels"])
+    if precision not in ("FP32", "FP16"):
+        raise OtxliteError(f"--precision {precision}: use FP32 or FP16.")
+    make_folder(output)
+    model = ExportWrapper(model_from_checkpoint(checkpoint, weights)).eval()
+    metadata = model_metadata(checkpoint)
+    onnx_path = output / "model.onnx"
+    log.info("Exporting %s to ONNX (opset %d)", weights, OPSET)
+    export_onnx(model, onnx_path, metadata)
+    written = [onnx_path]
+    if "openvino" in formats:
+        written.append(export_openvino(onnx_path, output / "openvino.xml", metadata, precision))
+    if "onnx" not in formats:
+        onnx_path.unlink()
+        written.remove(onnx_path)
+    write_label_schema(output, schema)
+    write_json(output / "config.json", {
+        "template_id": checkpoint["template"]["id"], "architecture": checkpoint["template"]["model"]["architecture"],
+        "input_size": json.loads(metadata["input_size"]), "mean_std": "inside the model",
+        "confidence_threshold": checkpoint["confidence_threshold"], "precision": precision,
+        "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT) for FP32 models",
+        "otxlite_version": __version__})
+    for path in written:
+        log.info("Wrote %s", path)
+    return written
+
+
+def export_onnx(model, path, metadata):
+    import onnx
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # torchvision's tracer warnings are expected and harmless here
+        torch.onnx.export(model, (torch.rand(1, 3, 480, 640),), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=["boxes", "scores", "labels"],
+                          dynamic_axes={"image": {2: "height", 3: "width"}, "boxes": {0: "detections"},
+                                        "scores": {0: "detections"}, "labels": {0: "detections"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    write_atomic(path, lambda f: f.write(proto.SerializeToString()))
+
+
+def export_openvino(onnx_path, xml_path, metadata, precision):
+    """Convert the ONNX file to IR; written under temporary names, then renamed (.bin first)."""
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    for key, value in {**metadata, "precision": precision}.items():
+        model.set_rt_info(value, ["model_info", key])
+    tmp_xml = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
+    ov.save_model(model, str(tmp_xml), compress_to_fp16=precision == "FP16")
+    os.replace(tmp_xml.with_suffix(".bin"), xml_path.with_suffix(".bin"))
+    os.replace(tmp_xml, xml_path)
+    return xml_path
