@@ -17,7 +17,6 @@ from otxlite.train import train
 def trained(tmp_path_factory):
     """A model trained for two epochs on two images, and a data.yaml whose test split is the val images."""
     from conftest import copy_voc, sample_ids
-    import yaml
 
     root = tmp_path_factory.mktemp("trained")
     copy_voc(sample_ids("train", 2), root / "train", root / "train")

@@ -101,17 +101,18 @@ def test_score_equal_to_the_threshold_is_not_kept():
     assert metrics([gt([A], [1])], [det([A], [0.5], [1])], threshold=0.5)["f_measure"] == 0.0
 
 
-@pytest.mark.parametrize("gts, dets", [
-    ([gt([A], [1])], [det([], [], [])]),                  # no predictions
-    ([gt([], [])], [det([A], [0.9], [1])]),               # an image without objects
-    ([gt([], [])], [det([], [], [])]),                    # nothing at all
-    ([gt([A], [1]), gt([], [])], [det([A], [0.9], [1]), det([B], [0.8], [2])]),
+@pytest.mark.parametrize("gts, dets, f1, mean_ap", [
+    ([gt([A], [1])], [det([], [], [])], 0.0, 0.0),               # no predictions: one miss
+    ([gt([], [])], [det([A], [0.9], [1])], 0.0, 0.0),            # an image without objects: one false positive
+    ([gt([], [])], [det([], [], [])], 0.0, 0.0),                 # nothing at all: defined as 0, not 0/0
+    ([gt([A], [1]), gt([], [])], [det([A], [0.9], [1]), det([B], [0.8], [2])], 2 / 3, 1.0),  # class 2: no GT
 ])
-def test_empty_cases_are_defined(gts, dets):
+def test_empty_cases_have_defined_results(gts, dets, f1, mean_ap):
     result = metrics(gts, dets, threshold=0.5)
-    assert 0.0 <= result["f_measure"] <= 1.0 and 0.0 <= result["map"] <= 1.0
+    assert result["f_measure"] == pytest.approx(f1)
+    assert result["map"] == mean_ap
     tuned = metrics(gts, dets)
-    assert 0.0 <= tuned["f_measure"] <= 1.0 and tuned["confidence_threshold"] in THRESHOLD_GRID
+    assert tuned["confidence_threshold"] in THRESHOLD_GRID and tuned["f_measure"] >= result["f_measure"]
 
 
 def naive_f1(gts, dets, threshold):
