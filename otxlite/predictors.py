@@ -22,7 +22,7 @@ class TorchPredictor:
     @torch.inference_mode()
     def __call__(self, images):
         """images: HxWx3 uint8 RGB arrays -> [{'boxes' [N, 4] xyxy, 'scores' [N], 'labels' [N] (schema ids)}]."""
-        tensors = [torch.as_tensor(image).permute(2, 0, 1).to(self.device).float().div_(255) for image in images]
+        tensors = [torch.tensor(image).permute(2, 0, 1).to(self.device).float().div_(255) for image in images]
         outputs = self.model(tensors)
         return [{k: output[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")} for output in outputs]
 
@@ -123,3 +123,20 @@ def predict(predictor, loader):
     for images, _ in loader:
         predictions += predictor([np.asarray(image.permute(1, 2, 0)) for image in images])
     return predictions
+
+
+def unmatched_detections(detections, others, min_score, box_tolerance=1.0, score_tolerance=1e-3):
+    """Detections scoring at least min_score without a partner in others (same label, every box side
+    within box_tolerance pixels, score within score_tolerance), each partner used once."""
+    used = np.zeros(len(others["scores"]), bool)
+    unmatched = []
+    for box, score, label in zip(detections["boxes"], detections["scores"], detections["labels"]):
+        if score < min_score:
+            continue
+        partners = (~used & (others["labels"] == label) & (np.abs(others["scores"] - score) <= score_tolerance)
+                    & (np.abs(others["boxes"] - box).max(axis=1, initial=0) <= box_tolerance))
+        if partners.any():
+            used[np.flatnonzero(partners)[0]] = True
+        else:
+            unmatched.append((box.tolist(), float(score), int(label)))
+    return unmatched
