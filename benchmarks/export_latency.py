@@ -10,8 +10,6 @@ the image to its own input size inside the model. OpenVINO computes in f32 (INFE
 """
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from otxlite.data import label_schema
 from otxlite.export import export, input_size
 from otxlite.files import save_checkpoint, write_label_schema
 from otxlite.models import build_model
-from otxlite.predictors import load_predictor
+from otxlite.predictors import latency_ms, load_predictor
 from otxlite.templates import find_templates
 from otxlite.train import weights_checkpoint
 
@@ -38,17 +36,6 @@ def random_weights(template, folder):
     save_checkpoint(folder / "weights.pth", weights_checkpoint(model, template, schema, {}, 0))
     write_label_schema(folder, schema)
     return folder / "weights.pth", model.transform
-
-
-def latency_ms(predictor, image, runs, warmup):
-    for _ in range(warmup):
-        predictor([image])
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        predictor([image])
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def main():

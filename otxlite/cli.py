@@ -152,6 +152,30 @@ def export(load_weights, output, export_format, precision):
     run_export(load_weights, output, FORMATS if export_format == "all" else (export_format,), precision)
 
 
+@cli.command()
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="The FP32 openvino.xml from `otxlite export` (or a weights.pth: exported first, into OUTPUT/fp32).")
+@data_options(["train", "val", "test"])
+@click.option("--output", "-o", type=click.Path(), default="runs/optimize", show_default=True)
+@click.option("--subset-size", type=click.IntRange(min=1),
+              help="Training images used for calibration.  [default: 300, or all when the train split is smaller]")
+@click.option("--preset", type=click.Choice(["mixed", "performance"]), default="mixed", show_default=True,
+              help="NNCF preset: mixed (asymmetric activations) keeps more accuracy; performance is symmetric.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
+              help="Accuracy-controlled quantization: keep the val mAP@0.5 drop within this (e.g. 0.01).")
+def optimize(load_weights, data, output, subset_size, preset, max_accuracy_drop, **paths):
+    """Quantize an exported model to INT8 with NNCF, calibrated on the train split.
+
+    Writes OUTPUT/openvino.xml (+ .bin), label_schema.json, config.json and performance.json (FP32 and
+    INT8 mAP, F1 and latency side by side, on the test split when there is one).
+    """
+    from otxlite.data import split_specs
+    from otxlite.optimize import optimize as run_optimize
+
+    setup_logging()
+    run_optimize(load_weights, split_specs(data, **paths), output, subset_size, preset, max_accuracy_drop)
+
+
 def main():
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:

@@ -5,9 +5,11 @@ import json
 import logging
 import os
 import warnings
+from unittest import mock
 from pathlib import Path
 
 import torch
+import torchvision
 
 from otxlite import OtxliteError, __version__
 from otxlite.files import (load_checkpoint, make_folder, read_label_schema, write_atomic, write_json,
@@ -81,11 +83,24 @@ def export(weights, output, formats=FORMATS, precision="FP32"):
     return written
 
 
+def batched_nms_without_branch(boxes, scores, idxs, iou_threshold):
+    """torchvision's batched NMS (boxes offset per class), without its Python branch for empty input.
+
+    Traced, torchvision's version becomes an ONNX If node, and NNCF crashes collecting statistics inside
+    If bodies. Padding with a 0 keeps max() defined on no boxes; boxes are clipped to the image (>= 0)
+    before every NMS in torchvision's detectors, so the offsets are unchanged.
+    """
+    max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
 def export_onnx(model, path, metadata):
     import onnx
 
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode():
+    with warnings.catch_warnings(), torch.inference_mode(), mock.patch(
+            "torchvision.ops.boxes._batched_nms_coordinate_trick", batched_nms_without_branch):
         warnings.simplefilter("ignore")  # torchvision's tracer warnings are expected and harmless here
         torch.onnx.export(model, (torch.rand(1, 3, 480, 640),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["image"], output_names=["boxes", "scores", "labels"],
@@ -98,14 +113,21 @@ def export_onnx(model, path, metadata):
 
 
 def export_openvino(onnx_path, xml_path, metadata, precision):
-    """Convert the ONNX file to IR; written under temporary names, then renamed (.bin first)."""
+    """Convert the ONNX file to IR, with the metadata in its rt_info."""
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
     for key, value in {**metadata, "precision": precision}.items():
         model.set_rt_info(value, ["model_info", key])
+    return save_openvino(model, xml_path, compress_to_fp16=precision == "FP16")
+
+
+def save_openvino(model, xml_path, compress_to_fp16=False):
+    """Save an IR under temporary names, then rename (.bin first), so a killed run leaves no half model."""
+    import openvino as ov
+
     tmp_xml = xml_path.with_name(f".{xml_path.stem}.tmp.xml")
-    ov.save_model(model, str(tmp_xml), compress_to_fp16=precision == "FP16")
+    ov.save_model(model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
     os.replace(tmp_xml.with_suffix(".bin"), xml_path.with_suffix(".bin"))
     os.replace(tmp_xml, xml_path)
     return xml_path
