@@ -76,7 +76,8 @@ def export(weights, output, formats=FORMATS, precision="FP32"):
         "template_id": checkpoint["template"]["id"], "architecture": checkpoint["template"]["model"]["architecture"],
         "input_size": json.loads(metadata["input_size"]), "mean_std": "inside the model",
         "confidence_threshold": checkpoint["confidence_threshold"], "precision": precision,
-        "openvino_inference_precision": "f32 (INFERENCE_PRECISION_HINT) for FP32 models",
+        "openvino_inference_precision": "f32 (otxlite sets INFERENCE_PRECISION_HINT; the CPU plugin's default is "
+                                        "bf16 on CPUs with AMX)",
         "otxlite_version": __version__})
     for path in written:
         log.info("Wrote %s", path)

@@ -1,6 +1,7 @@
 """`otxlite optimize`: NNCF post-training INT8 quantization of an exported OpenVINO IR."""
 
 import logging
+import random
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from otxlite import OtxliteError
 from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import coco_map, evaluate
 from otxlite.export import export, save_openvino
-from otxlite.files import LABEL_SCHEMA, make_folder, read_json, write_json
+from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
 from otxlite.predictors import exported_input, latency_ms, load_predictor
 
 log = logging.getLogger("otxlite")
@@ -19,9 +20,9 @@ DEFAULT_SUBSET_SIZE = 300
 LATENCY_RUNS = 20
 # What NNCF may quantize: the layers of the detector's feature modules (backbone with FPN, RPN head, box head,
 # class/box heads), named "/model/<module path>/..." in the exported graph. The rest (resize, anchors, box
-# decoding, NMS, RoIAlign's arithmetic, the If branches) stays in float: measured with OpenVINO's performance
-# counters, quantizing it all made MobileNetV3-320 slower than FP32, and quantizing only convolutions and
-# fully connected layers left FakeQuantize and Reorder nodes between int8 layers and float residual Adds.
+# decoding, NMS, RoIAlign's arithmetic) stays in float: measured with OpenVINO's performance counters,
+# quantizing it all made MobileNetV3-320 slower than FP32, and quantizing only convolutions and fully
+# connected layers left FakeQuantize and Reorder nodes between int8 layers and float residual Adds.
 QUANTIZED_MODULES = ("backbone", "rpn/head", "roi_heads/box_head", "roi_heads/box_predictor", "head")
 OUTSIDE_QUANTIZED_MODULES = rf"^(?!/model/({'|'.join(QUANTIZED_MODULES)})/).*"
 
@@ -32,9 +33,11 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
     Calibrates on the train split; with max_accuracy_drop, keeps the val mAP@0.5 drop within it.
     Also writes label_schema.json, config.json and performance.json (FP32 and INT8 side by side).
     """
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # NNCF's import warns of no CUDA
     import nncf
     import openvino as ov
 
+    nncf.set_log_level(logging.WARNING)  # its INFO lists every ignored node; progress bars stay
     model_path, output = Path(model_path), Path(output)
     require_splits(specs, "train", *(["val"] if max_accuracy_drop is not None else []))
     if model_path.suffix == ".pth":
@@ -42,14 +45,17 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
     elif model_path.suffix != ".xml":
         raise OtxliteError(f"{model_path}: optimize takes an openvino.xml from `otxlite export` or a weights.pth.")
     fp32 = load_predictor(model_path, "cpu")
-    config = read_json(model_path.with_name("config.json")) if model_path.with_name("config.json").is_file() else {}
-    if config.get("precision") == "INT8":
-        raise OtxliteError(f"{model_path}: already INT8. Pass the FP32 openvino.xml that `otxlite export` wrote.")
-
-    train = load_split(specs["train"], known_classes=[label["name"] for label in fp32.schema["labels"]])
-    subset_size = checked_subset_size(subset_size, len(train.samples), specs["train"])
-    calibration = nncf.Dataset(image_batches(train.samples[:subset_size], fp32), exported_input)
     model = ov.Core().read_model(str(model_path))  # from disk: NNCF fails on a model fresh from convert_model
+    precision = ["model_info", "precision"]
+    if model.has_rt_info(precision) and model.get_rt_info(precision).astype(str) == "INT8":
+        raise OtxliteError(f"{model_path}: already INT8. Pass the FP32 openvino.xml that `otxlite export` wrote.")
+    config_path = model_path.with_name("config.json")
+    config = read_json(config_path) if config_path.is_file() else {}
+
+    train = load_split(specs["train"], known_classes=label_names(fp32.schema))
+    subset_size = checked_subset_size(subset_size, len(train.samples), specs["train"])
+    subset = random.Random(0).sample(train.samples, subset_size)
+    calibration = nncf.Dataset(image_batches(subset, fp32), exported_input)
     settings = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset_size,
                 "ignored_scope": nncf.IgnoredScope(patterns=[OUTSIDE_QUANTIZED_MODULES], validate=False)}
     log.info("Quantizing %s to INT8: %d calibration images from %s, preset %s", model_path, subset_size,
@@ -57,14 +63,16 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
     if max_accuracy_drop is None:
         quantized = nncf.quantize(model, calibration, **settings)
     else:
-        val = load_split(specs["val"], known_classes=[label["name"] for label in fp32.schema["labels"]])
+        val = load_split(specs["val"], known_classes=label_names(fp32.schema))
         validation = nncf.Dataset(list(zip(image_batches(val.samples, fp32), val.samples)))
+        validate = validation_map(fp32.schema)
         quantized = nncf.quantize_with_accuracy_control(
-            model, calibration, validation, validation_map(fp32.schema), max_drop=max_accuracy_drop,
-            **settings)
+            model, calibration, validation, validate, max_drop=max_accuracy_drop, **settings)
+        log.info("Accuracy control on val: mAP@0.5 FP32 %.3f, INT8 %.3f (drop bound %g, %d validations)",
+                 validate.history[0], validate.history[-1], max_accuracy_drop, len(validate.history))
 
     make_folder(output)
-    quantized.set_rt_info("INT8", ["model_info", "precision"])
+    quantized.set_rt_info("INT8", precision)
     save_openvino(quantized, output / "openvino.xml")
     shutil.copy(model_path.with_name(LABEL_SCHEMA), output / LABEL_SCHEMA)
     write_json(output / "config.json", {**config, "precision": "INT8", "quantization": {
@@ -93,15 +101,22 @@ def image_batches(samples, predictor):
 
 
 def validation_map(schema):
-    """NNCF's validation function: (mAP@0.5, per-image mAP@0.5) of a compiled model on (image, sample) items."""
+    """NNCF's validation function: (mAP@0.5, per-image mAP@0.5) of a compiled model on (image, sample) items.
+
+    Its history attribute lists the mAP@0.5 of each whole-split validation, the FP32 model's first.
+    """
     def validate(compiled, items):
-        images, samples = zip(*items)
+        images, samples = zip(*items)  # items: NNCF's iterable of (image, sample)
         predictions = []
         for image in tqdm(images, desc="validating", unit="img", leave=False, disable=None):
             boxes, scores, labels = (compiled([exported_input(image)])[output] for output in compiled.outputs)
             predictions.append({"boxes": boxes.reshape(-1, 4), "scores": scores, "labels": labels})
         per_image = [coco_map([s], [p], schema)["map_50"] for s, p in zip(samples, predictions)]
-        return coco_map(samples, predictions, schema)["map_50"], per_image
+        whole = coco_map(samples, predictions, schema)["map_50"]
+        if len(samples) > 1:  # not one of NNCF's per-item calls
+            validate.history.append(whole)
+        return whole, per_image
+    validate.history = []
     return validate
 
 
@@ -113,8 +128,8 @@ def compare(fp32_path, int8_path, specs, max_accuracy_drop):
         performance = evaluate(path, {"test": specs[split]})  # the int8 figures are left in performance
         predictor = load_predictor(path, "cpu")
         image = image_batches(load_split(specs[split]).samples[:1], predictor)[0]
-        figures[name] = {"map_50": performance["map_50"], "map_50_95": performance["map_50_95"],
-                         "f-measure": performance["f-measure"], "latency_ms": latency_ms(predictor, image)}
+        figures[name] = {key: performance[key] for key in ("map_50", "map_50_95", "f-measure")}
+        figures[name]["latency_ms"] = latency_ms(predictor, image, LATENCY_RUNS)
     drop = figures["fp32"]["map_50"] - figures["int8"]["map_50"]
     for name, row in figures.items():
         log.info("%s: mAP@0.5 %.3f  mAP@[.5:.95] %.3f  F1 %.3f  latency %.1f ms", name.upper(), row["map_50"],

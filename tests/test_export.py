@@ -57,7 +57,9 @@ def test_export_writes_self_describing_files(exported):
     assert config["template_id"] == checkpoint["template"]["id"]
     import onnx
 
-    metadata = {p.key: p.value for p in onnx.load(str(folder / "model.onnx")).metadata_props}
+    proto = onnx.load(str(folder / "model.onnx"))
+    assert "If" not in {node.op_type for node in proto.graph.node}  # NNCF crashes inside If bodies
+    metadata = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(metadata["labels"]) == checkpoint["labels"]
     assert float(metadata["confidence_threshold"]) == checkpoint["confidence_threshold"]
 
@@ -113,10 +115,14 @@ def test_openvino_only_in_fp16_writes_half_size_weights_and_no_onnx(exported, tm
     assert load_predictor(tmp_path / "fp16" / "openvino.xml").schema == load_predictor(weights).schema
 
 
+@pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
 def test_an_image_without_detections_gives_empty_results_on_every_backend(exported):
+    """Faster R-CNN finds nothing on a black image: the graph's path for NMS on no boxes.
+
+    (SSD is no use here: on a uniform image its anchors tie exactly, and NMS may keep any of them.)
+    """
     weights, folder, _ = exported
     black = np.zeros((480, 640, 3), np.uint8)
     for model_file in (weights, folder / "model.onnx", folder / "openvino.xml"):
         detections = load_predictor(model_file)([black])[0]
-        scores = detections["scores"]
-        assert detections["boxes"].shape == (len(scores), 4) and (scores < MIN_SCORE).all(), model_file
+        assert detections["boxes"].shape == (0, 4) and detections["scores"].shape == (0,), model_file

@@ -45,12 +45,14 @@ def test_optimize_writes_an_int8_model_that_eval_reads_with_fp32_and_int8_figure
         optimize(tmp_path / "int8" / "openvino.xml", split_specs(data), tmp_path / "again")
 
 
+@pytest.mark.parametrize("exported", ["ssdlite320_mobilenet_v3_large"], indirect=True)
 def test_optimize_from_weights_pth_exports_first(exported, tmp_path):
     weights, _, data = exported
     written = optimize(weights, split_specs(data), tmp_path / "int8", subset_size=2)
     assert (tmp_path / "int8" / "fp32" / "openvino.xml").is_file() and written == tmp_path / "int8" / "openvino.xml"
 
 
+@pytest.mark.parametrize("exported", ["ssdlite320_mobilenet_v3_large"], indirect=True)
 def test_accuracy_control_reports_whether_the_bound_was_met(exported, tmp_path):
     _, folder, data = exported
     optimize(folder / "openvino.xml", split_specs(data), tmp_path / "int8", subset_size=4, max_accuracy_drop=0.0)
@@ -59,6 +61,7 @@ def test_accuracy_control_reports_whether_the_bound_was_met(exported, tmp_path):
     assert performance["max_accuracy_drop_met"] == (performance["map_50_drop"] <= 0.0)
 
 
+@pytest.mark.parametrize("exported", ["ssdlite320_mobilenet_v3_large"], indirect=True)
 def test_optimize_errors_are_clear(exported, tmp_path):
     _, folder, data = exported
     with pytest.raises(OtxliteError, match="has only 4 images. Pass --subset-size 4 or less"):
