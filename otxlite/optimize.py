@@ -5,7 +5,7 @@ import random
 import shutil
 from pathlib import Path
 
-import numpy as np
+import torch
 from tqdm import tqdm
 
 from otxlite import OtxliteError
@@ -13,7 +13,7 @@ from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import coco_map, evaluate
 from otxlite.export import export, save_openvino
 from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
-from otxlite.predictors import exported_input, latency_ms, load_predictor
+from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images
 
 log = logging.getLogger("otxlite")
 DEFAULT_SUBSET_SIZE = 300
@@ -55,7 +55,7 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
     train = load_split(specs["train"], known_classes=label_names(fp32.schema))
     subset_size = checked_subset_size(subset_size, len(train.samples), specs["train"])
     subset = random.Random(0).sample(train.samples, subset_size)
-    calibration = nncf.Dataset(image_batches(subset, fp32), exported_input)
+    calibration = nncf.Dataset(decoded_images(subset, fp32.schema), exported_input)
     settings = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset_size,
                 "ignored_scope": nncf.IgnoredScope(patterns=[OUTSIDE_QUANTIZED_MODULES], validate=False)}
     log.info("Quantizing %s to INT8: %d calibration images from %s, preset %s", model_path, subset_size,
@@ -64,12 +64,13 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
         quantized = nncf.quantize(model, calibration, **settings)
     else:
         val = load_split(specs["val"], known_classes=label_names(fp32.schema))
-        validation = nncf.Dataset(list(zip(image_batches(val.samples, fp32), val.samples)))
+        validation = nncf.Dataset(list(zip(decoded_images(val.samples, fp32.schema), val.samples)))
         validate = validation_map(fp32.schema)
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration, validation, validate, max_drop=max_accuracy_drop, **settings)
+        whole_split = [value for count, value in validate.history if count == len(val.samples)]
         log.info("Accuracy control on val: mAP@0.5 FP32 %.3f, INT8 %.3f (drop bound %g, %d validations)",
-                 validate.history[0], validate.history[-1], max_accuracy_drop, len(validate.history))
+                 whole_split[0], whole_split[-1], max_accuracy_drop, len(whole_split))
 
     make_folder(output)
     quantized.set_rt_info("INT8", precision)
@@ -94,16 +95,16 @@ def checked_subset_size(asked, available, spec):
     return asked
 
 
-def image_batches(samples, predictor):
+def decoded_images(samples, schema):
     """The samples' images as HxWx3 uint8 arrays, decoded as in inference."""
-    loader = make_loader(samples, predictor.schema, {"batch_size": 1, "num_workers": 0}, predictor.device)
-    return [np.asarray(images[0].permute(1, 2, 0)) for images, _ in loader]
+    loader = make_loader(samples, schema, {"batch_size": 1, "num_workers": 0}, torch.device("cpu"))
+    return [images[0] for images in loader_images(loader)]
 
 
 def validation_map(schema):
     """NNCF's validation function: (mAP@0.5, per-image mAP@0.5) of a compiled model on (image, sample) items.
 
-    Its history attribute lists the mAP@0.5 of each whole-split validation, the FP32 model's first.
+    Its history attribute lists (items, mAP@0.5) of each call, the FP32 model's first.
     """
     def validate(compiled, items):
         images, samples = zip(*items)  # items: NNCF's iterable of (image, sample)
@@ -113,8 +114,7 @@ def validation_map(schema):
             predictions.append({"boxes": boxes.reshape(-1, 4), "scores": scores, "labels": labels})
         per_image = [coco_map([s], [p], schema)["map_50"] for s, p in zip(samples, predictions)]
         whole = coco_map(samples, predictions, schema)["map_50"]
-        if len(samples) > 1:  # not one of NNCF's per-item calls
-            validate.history.append(whole)
+        validate.history.append((len(samples), whole))
         return whole, per_image
     validate.history = []
     return validate
@@ -123,11 +123,12 @@ def validation_map(schema):
 def compare(fp32_path, int8_path, specs, max_accuracy_drop):
     """performance.json: the INT8 model's eval figures, and FP32 vs INT8 side by side (with latency)."""
     split = next(name for name in ("test", "val", "train") if name in specs)
+    schema = load_predictor(fp32_path, "cpu").schema
+    image = decoded_images(load_split(specs[split], known_classes=label_names(schema)).samples[:1], schema)[0]
     figures, performance = {}, {}
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         performance = evaluate(path, {"test": specs[split]})  # the int8 figures are left in performance
         predictor = load_predictor(path, "cpu")
-        image = image_batches(load_split(specs[split]).samples[:1], predictor)[0]
         figures[name] = {key: performance[key] for key in ("map_50", "map_50_95", "f-measure")}
         figures[name]["latency_ms"] = latency_ms(predictor, image, LATENCY_RUNS)
     drop = figures["fp32"]["map_50"] - figures["int8"]["map_50"]

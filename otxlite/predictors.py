@@ -129,12 +129,15 @@ def load_predictor(path, device="auto"):
                        f"Pass a weights.pth, model.onnx or openvino.xml.")
 
 
+def loader_images(loader):
+    """The images of a loader of (uint8 CHW images, targets) batches, as HxWx3 uint8 arrays, batch by batch."""
+    for images, _ in loader:
+        yield [np.asarray(image.permute(1, 2, 0)) for image in images]
+
+
 def predict(predictor, loader):
     """Run predictor over a loader of (uint8 CHW images, targets) batches; one dict per image."""
-    predictions = []
-    for images, _ in loader:
-        predictions += predictor([np.asarray(image.permute(1, 2, 0)) for image in images])
-    return predictions
+    return [prediction for images in loader_images(loader) for prediction in predictor(images)]
 
 
 def latency_ms(predictor, image, runs=20, warmup=3):
