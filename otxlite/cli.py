@@ -49,8 +49,10 @@ def data_options(splits):
         for split in reversed(splits):
             function = click.option(f"--{split}-data-roots", type=click.Path(), help=f"Folder of the {split} images.")(function)
             function = click.option(f"--{split}-ann-files", type=click.Path(),
-                                    help=f"{split} annotations: COCO .json, VOC root, split list or folder of .xml.")(function)
-        return click.option("--data", type=click.Path(), help="data.yaml describing the splits.")(function)
+                                    help=f"{split} annotations: COCO .json, VOC folder, YOLO labels, .csv, "
+                                         f"DataFrame .pkl/.parquet or Hugging Face dataset.")(function)
+        return click.option("--data", type=click.Path(),
+                            help="data.yaml describing the splits (otxlite's, or an Ultralytics one).")(function)
     return decorate
 
 
@@ -95,8 +97,11 @@ def relative(path):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; a CPU run with the same seed repeats exactly.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
+@click.option("--val-split", type=float, help="Hold out this fraction of train as val (seeded by --seed); "
+              "the split is saved as OUTPUT/data.yaml for later stages.")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template ids.")
-def train(template, data, output, pretrained, load_weights, device, seed, resume, template_dir, overrides, **paths):
+def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, template_dir, overrides,
+          **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
     With --resume, TEMPLATE may be left out: the run's own template is used.
@@ -110,7 +115,7 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
     setup_logging()
     resolved = None if resume else resolve_template(template, template_dir)
     run_training(resolved, split_specs(data, **paths), output, overrides, pretrained=pretrained,
-                 load_weights=load_weights, device=device, seed=seed, resume=resume)
+                 load_weights=load_weights, device=device, seed=seed, resume=resume, val_split=val_split)
 
 
 @cli.command("eval", cls=ParamsCommand, epilog=PARAMS_HELP + " By default the confidence threshold for F1 is tuned on "
@@ -174,6 +179,41 @@ def optimize(load_weights, data, output, subset_size, preset, max_accuracy_drop,
 
     setup_logging()
     run_optimize(load_weights, split_specs(data, **paths), output, subset_size, preset, max_accuracy_drop)
+
+
+@cli.group()
+def data():
+    """Check a dataset, or convert it to COCO."""
+
+
+@data.command()
+@data_options(["train", "val", "test"])
+def check(data, **paths):
+    """Per split: images, boxes, boxes per class, image sizes, and every problem found.
+
+    Exits with status 1 when training would fail on the data.
+    """
+    from otxlite.check import check_data
+    from otxlite.data import split_specs
+
+    setup_logging()
+    report, ok = check_data(split_specs(data, **paths))
+    click.echo(report)
+    if not ok:
+        sys.exit(1)
+
+
+@data.command()
+@data_options(["train", "val", "test"])
+@click.option("--to", "target", type=click.Choice(["coco"]), default="coco", show_default=True)
+@click.option("--output", "-o", type=click.Path(), required=True, help="Folder for annotations/, images/, data.yaml.")
+def convert(data, target, output, **paths):
+    """Write the dataset as COCO JSON (images copied), with a data.yaml over it."""
+    from otxlite.convert import convert_to_coco
+    from otxlite.data import split_specs
+
+    setup_logging()
+    click.echo(f"Wrote {convert_to_coco(split_specs(data, **paths), output)}")
 
 
 def main():

@@ -1,79 +1,92 @@
-"""Datasets: data.yaml, COCO JSON and Pascal VOC annotations, label schemas, and torch loading."""
+"""Datasets: where the splits are (data.yaml), checking and cleaning them, label schemas, and torch loading."""
 
 import colorsys
 import logging
-import math
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+import random
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+import yaml
+from PIL import UnidentifiedImageError
 
 from otxlite import OtxliteError
-from otxlite.files import label_names, read_json, read_yaml
+from otxlite.files import label_names, read_yaml, write_atomic
+from otxlite.formats import DataError, Sample, Split, SplitSpec, read_split
+from otxlite.formats.base import first_appearance, open_image
 
+__all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",
+           "hold_out_val", "label_schema", "load_split", "load_splits", "make_loader", "read_data_yaml",
+           "require_splits", "split_specs", "write_data_yaml"]
 log = logging.getLogger("otxlite")
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DataError(OtxliteError):
-    """A problem with one file of the user's dataset."""
-
-
-@dataclass
-class Sample:
-    """One image and its boxes (x1, y1, x2, y2 in pixels) with class names."""
-
-    image: Path
-    source: str  # the annotation file (and record) the boxes came from, for messages
-    boxes: list = field(default_factory=list)
-    classes: list = field(default_factory=list)
-    width: int = 0
-    height: int = 0
-
-
-@dataclass
-class SplitSpec:
-    """Where one split's annotations and images are."""
-
-    name: str
-    ann_files: Path
-    data_roots: Path | None = None
-    format: str | None = None
-
-
-@dataclass
-class Split:
-    name: str
-    samples: list
-    class_order: list  # class names in the order the format defines (COCO ids, or first appearance)
+SPEC_KEYS = {"ann-files": "ann_files", "data-roots": "data_roots", "format": "format", "subset": "subset",
+             "names": "names", "columns": "columns", "bbox-format": "bbox_format", "image-list": "image_list"}
+PATH_KEYS = ("ann-files", "data-roots", "image-list")
+CLIP_TOLERANCE = 1.0  # px a box may reach outside its image (rounding, 1-based VOC) before clipping is worth a warning
 
 
 # ---------------------------------------------------------------- where the data is
 
 
 def read_data_yaml(path):
-    """{split name: SplitSpec} from an OTX-style data.yaml; relative paths are from its folder."""
-    path = Path(path)
+    """{split name: SplitSpec} from an OTX-style data.yaml (or an Ultralytics one); paths are from its folder."""
+    path = Path(path).absolute()
     config = read_yaml(path)
+    if isinstance(config, dict) and "data" not in config and "names" in config and "train" in config:
+        return ultralytics_specs(path, config)
     splits = config.get("data") if isinstance(config, dict) else None
     if not isinstance(splits, dict) or not splits:
         raise OtxliteError(f"{path}: expected a 'data:' mapping with train/val/test splits (see data.yaml.example).")
+    unknown = set(config) - {"data", "names"}
+    if unknown:
+        raise OtxliteError(f"{path}: unknown top-level keys {sorted(unknown)}; use data (and names).")
+    names = parse_names(config.get("names"), path)
     specs = {}
     for name, entry in splits.items():
         if not isinstance(entry, dict) or "ann-files" not in entry:
             raise OtxliteError(f"{path}: split '{name}' needs 'ann-files' (and usually 'data-roots').")
-        unknown = set(entry) - {"ann-files", "data-roots", "format"}
+        unknown = set(entry) - set(SPEC_KEYS)
         if unknown:
-            raise OtxliteError(f"{path}: split '{name}' has unknown keys {sorted(unknown)}; "
-                               f"use ann-files, data-roots, format.")
-        roots = entry.get("data-roots")
-        specs[name] = SplitSpec(name, path.parent / entry["ann-files"],
-                                path.parent / roots if roots else None, entry.get("format"))
+            raise OtxliteError(f"{path}: split '{name}' has unknown keys {sorted(unknown)}; use {', '.join(SPEC_KEYS)}.")
+        values = {SPEC_KEYS[k]: path.parent / v if k in PATH_KEYS else v for k, v in entry.items() if v is not None}
+        values["names"] = parse_names(entry.get("names"), path) or names
+        if values.get("columns") is not None and not isinstance(values["columns"], dict):
+            raise OtxliteError(f"{path}: 'columns' of split '{name}' should map roles to column names, "
+                               f"e.g. {{image: filename, class: label}}.")
+        specs[name] = SplitSpec(name, **values)
     return specs
+
+
+def ultralytics_specs(path, config):
+    """Splits of an Ultralytics data.yaml: `path` (the root, relative to this file), train/val/test, names."""
+    root = path.parent / (config.get("path") or ".")
+    names = parse_names(config["names"], path)
+    specs = {}
+    for name in SPLITS:
+        source = config.get(name)
+        if isinstance(source, list):
+            if len(source) != 1:
+                raise OtxliteError(f"{path}: split '{name}' lists {len(source)} folders; otxlite reads one folder "
+                                   f"or one .txt list of images per split.")
+            source = source[0]
+        if source:
+            specs[name] = SplitSpec(name, root / source, format="yolo", names=names)
+    if "train" not in specs:
+        raise OtxliteError(f"{path}: an Ultralytics data.yaml needs 'train' (images folder or .txt list).")
+    return specs
+
+
+def parse_names(names, path):
+    """Class names as a list: from a YAML list, or an {index: name} mapping numbered from 0."""
+    if names is None:
+        return None
+    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+        names = [names[i] for i in range(len(names))]
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
+        raise OtxliteError(f"{path}: 'names' should be a list of class names (or {{0: name, 1: name, ...}}).")
+    return [str(n) for n in names]
 
 
 def split_specs(data=None, **paths):
@@ -82,7 +95,7 @@ def split_specs(data=None, **paths):
     for name in SPLITS:
         ann_files, data_roots = paths.get(f"{name}_ann_files"), paths.get(f"{name}_data_roots")
         if ann_files:
-            specs[name] = SplitSpec(name, Path(ann_files), Path(data_roots) if data_roots else None)
+            specs[name] = SplitSpec(name, Path(ann_files).absolute(), Path(data_roots).absolute() if data_roots else None)
         elif data_roots:
             raise OtxliteError(f"--{name}-data-roots needs --{name}-ann-files too.")
     return specs
@@ -95,165 +108,169 @@ def require_splits(specs, *names):
                            f"--{missing[0]}-ann-files and --{missing[0]}-data-roots.")
 
 
-# ---------------------------------------------------------------- annotation formats
+def write_data_yaml(specs, path):
+    """A data.yaml that reads back as specs (absolute paths)."""
+    splits = {}
+    for name, spec in specs.items():
+        entry = {key: getattr(spec, attribute) for key, attribute in SPEC_KEYS.items()}
+        splits[name] = {k: str(v) if k in PATH_KEYS else v for k, v in entry.items() if v is not None}
+    text = yaml.safe_dump({"data": splits}, sort_keys=False)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
-def load_coco(spec):
-    """A COCO detection JSON file; images relative to data_roots (default: the JSON's folder)."""
-    path = spec.ann_files
-    coco = read_json(path)
-    if not isinstance(coco, dict) or not all(isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{path}: not a COCO detection file (needs 'images', 'annotations' and 'categories' lists).")
-    root = spec.data_roots or path.parent
+def hold_out_val(specs, fraction, seed, output):
+    """Hold out a seeded fraction of train as val; both saved as image lists in OUTPUT/data.yaml, returned as specs."""
+    if "val" in specs:
+        raise OtxliteError("--val-split: the data already has a val split. Drop --val-split, or the val split.")
+    require_splits(specs, "train")
+    images = [str(s.image) for s in read_listed(specs["train"]).samples]
+    count = round(len(images) * fraction)
+    if not 0 < fraction < 1 or not 0 < count < len(images):
+        raise OtxliteError(f"--val-split {fraction}: the train split has {len(images)} images, so that holds out "
+                           f"{count}. Give a fraction between 0 and 1 that leaves images on both sides.")
+    held_out = set(random.Random(seed).sample(range(len(images)), count))
+    output = Path(output)
+    parts = {"train": [i for n, i in enumerate(images) if n not in held_out],
+             "val": [i for n, i in enumerate(images) if n in held_out]}
+    train = specs["train"]
+    saved = dict(specs)
+    for name, part in parts.items():
+        listing = output / "splits" / f"{name}.txt"
+        write_atomic(listing, lambda f, part=part: f.write(("\n".join(part) + "\n").encode()))
+        saved[name] = replace(train, name=name, subset=train.subset or "train", image_list=listing)
+    write_data_yaml(saved, output / "data.yaml")
+    log.info("Held out %d of %d train images as val (--val-split %g, seed %d). Later stages see the same split "
+             "with --data %s", count, len(images), fraction, seed, output / "data.yaml")
+    return read_data_yaml(output / "data.yaml")
+
+
+# ---------------------------------------------------------------- checking and cleaning
+
+
+@dataclass
+class Problem:
+    """One thing wrong in a split: where it is, what it is, and whether training would fail on it."""
+
+    kind: str
+    where: str
+    message: str
+    fatal: bool
+
+
+def read_listed(spec):
+    """The split as its files state it, restricted to its image-list (in the list's order) when it has one."""
+    split = read_split(spec)
+    if spec.image_list is None:
+        return split
+    index = {}
+    for sample in split.samples:
+        for key in {str(sample.image), sample.image.name, sample.image.stem}:
+            index.setdefault(key, []).append(sample)
     try:
-        categories = {c["id"]: c["name"] for c in coco["categories"]}
-        samples = {img["id"]: Sample(root / img["file_name"], f"{path} (image id {img['id']})")
-                   for img in coco["images"]}
-    except (KeyError, TypeError) as err:
-        raise DataError(f"{path}: malformed image or category record (missing {err}).") from None
-    used = set()
-    for index, ann in enumerate(coco["annotations"]):
-        record = f"{path} (annotations[{index}])"
-        try:
-            sample, category, bbox = samples[ann["image_id"]], ann["category_id"], ann["bbox"]
-        except (KeyError, TypeError) as err:
-            raise DataError(f"{record}: needs image_id of a listed image, category_id and bbox ({err}).") from None
-        if category not in categories:
-            raise DataError(f"{record}: category_id {category} is not in 'categories'.")
-        x, y, w, h = parse_box(bbox, record)
-        sample.boxes.append([x, y, x + w, y + h])
-        sample.classes.append(categories[category])
-        used.add(category)
-    unused = [categories[c] for c in sorted(categories) if c not in used]
-    if unused:
-        log.info("%s: categories without annotations are left out: %s", path, ", ".join(unused))
-    return Split(spec.name, list(samples.values()), [categories[c] for c in sorted(used)])
+        lines = [line.strip() for line in Path(spec.image_list).read_text().splitlines()]
+    except OSError as err:
+        raise DataError(f"{spec.image_list}: cannot read the image-list of split '{spec.name}' ({err}).") from None
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        matches = index.get(line, [])
+        if len(matches) != 1:
+            problem = "is not among" if not matches else "matches several images of"
+            raise DataError(f"{spec.image_list} (line {number}): '{line}' {problem} the annotations of split "
+                            f"'{spec.name}' ({spec.ann_files}). Use the image's path or a unique file name.")
+        kept.append(matches[0])
+    return replace(split, samples=kept)
 
 
-def load_voc(spec):
-    """Pascal VOC: a root with Annotations/ and JPEGImages/, a split list, or a folder of XML files."""
-    path = spec.ann_files
-    if (path / "Annotations").is_dir():
-        xml_dir, image_dir = path / "Annotations", spec.data_roots or path / "JPEGImages"
-        split_list = path / "ImageSets" / "Main" / f"{spec.name}.txt"
-        xml_files = list_voc_split(split_list, xml_dir) if split_list.is_file() else sorted(xml_dir.glob("*.xml"))
-    elif path.is_file() and path.suffix == ".txt":
-        root = path.parent.parent.parent
-        xml_dir, image_dir = root / "Annotations", spec.data_roots or root / "JPEGImages"
-        xml_files = list_voc_split(path, xml_dir)
-    elif path.is_dir():
-        xml_dir, image_dir = path, spec.data_roots or path
-        xml_files = sorted(path.glob("*.xml"))
-    else:
-        raise DataError(f"{path}: not found.")
-    if not xml_files:
-        raise DataError(f"{xml_dir}: no .xml annotation files for split '{spec.name}'.")
-    samples = [read_voc_xml(f, image_dir) for f in xml_files]
-    return Split(spec.name, samples, list(dict.fromkeys(c for s in samples for c in s.classes)))
+def check_split(spec, known_classes=None, decode=False):
+    """(split, problems): the split read, checked against its images, and cleaned.
+
+    Boxes are made absolute, clipped to the image (a warning past CLIP_TOLERANCE), and dropped when left with
+    zero area or when they repeat
+    another box of the same class; every change is a (non-fatal) problem. A missing or unreadable image, a
+    class outside known_classes and an empty split are fatal. decode=True decodes every image in full.
+    """
+    split = read_listed(spec)
+    if not split.samples:
+        return split, [Problem("empty split", str(spec.ann_files), f"{spec.ann_files}: split '{spec.name}' "
+                                 f"has no images.", True)]
+    problems = []
+    for sample in split.samples:
+        problem = read_image_size(sample, decode)
+        if problem:
+            problems.append(problem)
+            continue
+        kept, seen = [], set()
+        for box, name, record in zip(sample.boxes, sample.classes, sample.records):
+            if known_classes is not None and name not in known_classes:
+                problems.append(Problem("unknown class", record, f"{record}: class '{name}' never appears in the "
+                                        f"training split (training classes: {', '.join(known_classes)}). "
+                                        f"Fix the label or add it to train.", True))
+                continue
+            if sample.relative:
+                box = [box[0] * sample.width, box[1] * sample.height, box[2] * sample.width, box[3] * sample.height]
+            inside = [min(max(box[0], 0), sample.width), min(max(box[1], 0), sample.height),
+                      min(max(box[2], 0), sample.width), min(max(box[3], 0), sample.height)]
+            shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"
+            if inside[2] <= inside[0] or inside[3] <= inside[1]:
+                problems.append(Problem("zero area", record, f"{record}: box {shown} has zero area (or lies wholly "
+                                        f"outside the {sample.width}x{sample.height} image); dropped.", False))
+                continue
+            if max(abs(a - b) for a, b in zip(inside, box)) > CLIP_TOLERANCE:
+                problems.append(Problem("clipped", record, f"{record}: box {shown} reaches outside the "
+                                        f"{sample.width}x{sample.height} image; clipped.", False))
+            if (name, *inside) in seen:
+                problems.append(Problem("duplicate", record, f"{record}: box {shown} ({name}) repeats an earlier "
+                                        f"box of the image; dropped.", False))
+                continue
+            seen.add((name, *inside))
+            kept.append((inside, name, record))
+        sample.boxes, sample.classes, sample.records = (list(v) for v in zip(*kept)) if kept else ([], [], [])
+        sample.relative = False
+    present = {c for s in split.samples for c in s.classes}
+    order = first_appearance(split.samples) if split.class_order is None else \
+        [c for c in split.class_order if c in present]
+    return replace(split, class_order=order), problems
 
 
-def list_voc_split(split_list, xml_dir):
-    ids = [line.split()[0] for line in split_list.read_text().splitlines() if line.strip()]
-    return [xml_dir / f"{image_id}.xml" for image_id in ids]
-
-
-def read_voc_xml(path, image_dir):
+def read_image_size(sample, decode):
+    """Set sample.width/height from the image; a Problem when it is missing or unreadable."""
     try:
-        root = ET.parse(path).getroot()
+        with open_image(sample.image) as image:
+            if decode:
+                image.load()
+            sample.width, sample.height = image.size
     except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found (listed in the split).") from None
-    except ET.ParseError as err:
-        raise DataError(f"{path}: unreadable XML ({err}). Fix or remove the file.") from None
-    filename = root.findtext("filename") or f"{path.stem}.jpg"
-    image = image_dir / filename
-    if not image.suffix:  # some tools write the file name without its extension
-        image = next((image.with_suffix(s) for s in IMAGE_SUFFIXES if image.with_suffix(s).exists()), image)
-    sample = Sample(image, str(path))
-    for index, obj in enumerate(root.iter("object")):
-        record = f"{path} (object {index + 1})"
-        box = obj.find("bndbox")
-        name = (obj.findtext("name") or "").strip()
-        if box is None or not name:
-            raise DataError(f"{record}: needs <name> and <bndbox>.")
-        sample.boxes.append(parse_box([box.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")], record))
-        sample.classes.append(name)
-    return sample
+        return Problem("missing image", sample.source, f"{sample.source}: image {sample.image} not found. "
+                       f"Check data-roots.", True)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        return Problem("unreadable image", str(sample.image), f"{sample.image}: unreadable image ({err}). "
+                       f"Replace or remove it.", True)
+    return None
 
 
-def parse_box(values, record):
-    try:
-        box = [float(v) for v in values]
-    except (TypeError, ValueError):  # not a list, or not numbers
-        box = []
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise DataError(f"{record}: box {values} is not four finite numbers.")
-    return box
-
-
-FORMATS = {"coco": load_coco, "voc": load_voc}
-
-
-def detect_format(spec):
-    path = spec.ann_files
-    if spec.format:
-        if spec.format not in FORMATS:
-            raise OtxliteError(f"Unknown format '{spec.format}' for split '{spec.name}'. Known: {', '.join(FORMATS)}.")
-        return spec.format
-    if path.is_file() and path.suffix.lower() == ".json":
-        return "coco"
-    if (path.is_dir() and ((path / "Annotations").is_dir() or any(path.glob("*.xml")))) or path.suffix == ".txt":
-        return "voc"
-    if not path.exists():
-        raise DataError(f"{path}: not found (ann-files of split '{spec.name}').")
-    raise DataError(f"{path}: cannot tell the annotation format of split '{spec.name}'. "
-                    f"Give a COCO .json file or a Pascal VOC folder, or set 'format:'.")
-
-
-# ---------------------------------------------------------------- checking and the label schema
+WARNINGS = {"clipped": "clipped {count} box(es) that reached outside their image",
+            "zero area": "dropped {count} box(es) with zero area (or wholly outside the image)",
+            "duplicate": "dropped {count} duplicate box(es)"}
 
 
 def load_split(spec, known_classes=None):
-    """Load, check and clean one split.
-
-    Images must exist and be readable; boxes are clipped to the image; boxes left with
-    zero area are dropped with one counted warning; a class outside known_classes is an error.
-    """
-    split = FORMATS[detect_format(spec)](spec)
-    if not split.samples:
-        raise DataError(f"{spec.ann_files}: split '{spec.name}' has no images.")
-    dropped, clipped = [], 0
-    for sample in split.samples:
-        sample.width, sample.height = image_size(sample)
-        kept_boxes, kept_classes = [], []
-        for box, name in zip(sample.boxes, sample.classes):
-            if known_classes is not None and name not in known_classes:
-                raise DataError(f"{sample.source}: class '{name}' never appears in the training split "
-                                f"(training classes: {', '.join(known_classes)}). Fix the label or add it to train.")
-            inside = [min(max(box[0], 0), sample.width), min(max(box[1], 0), sample.height),
-                      min(max(box[2], 0), sample.width), min(max(box[3], 0), sample.height)]
-            clipped += inside != box
-            if inside[2] <= inside[0] or inside[3] <= inside[1]:
-                dropped.append(sample.source)
-                continue
-            kept_boxes.append(inside)
-            kept_classes.append(name)
-        sample.boxes, sample.classes = kept_boxes, kept_classes
-    if clipped:
-        log.warning("%s split: clipped %d box(es) that reached outside their image.", spec.name, clipped)
-    if dropped:
-        log.warning("%s split: dropped %d box(es) with zero area (or wholly outside the image): %s",
-                    spec.name, len(dropped), "; ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
+    """Load, check and clean one split: the first fatal problem is an error; the others are counted warnings."""
+    split, problems = check_split(spec, known_classes)
+    fatal = [p for p in problems if p.fatal]
+    if fatal:
+        more = f" ({len(fatal) - 1} more problem(s) like it: `otxlite data check` lists them all.)" if len(fatal) > 1 else ""
+        raise DataError(fatal[0].message + more)
+    for kind, template in WARNINGS.items():
+        found = [p.where for p in problems if p.kind == kind]
+        if found:
+            log.warning("%s split: %s: %s", spec.name, template.format(count=len(found)),
+                        "; ".join(found[:5]) + (" ..." if len(found) > 5 else ""))
     return split
 
 
-def image_size(sample):
-    try:
-        with Image.open(sample.image) as image:
-            return image.size
-    except FileNotFoundError:
-        raise DataError(f"{sample.source}: image {sample.image} not found. Check data-roots.") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{sample.image}: unreadable image ({err}). Replace or remove it.") from None
+# ---------------------------------------------------------------- label schema
 
 
 def label_schema(class_names):
@@ -302,7 +319,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         sample = self.samples[index]
         try:
-            with Image.open(sample.image) as file:
+            with open_image(sample.image) as file:
                 image = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
         except OSError as err:
             raise DataError(f"{sample.image}: cannot decode image ({err}). Replace or remove it.") from None

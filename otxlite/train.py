@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from otxlite import OtxliteError, __version__
-from otxlite.data import load_splits, make_loader, require_splits
+from otxlite.data import hold_out_val, load_splits, make_loader, require_splits
 from otxlite.evaluate import coco_map, performance_report, score
 from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, log_file, read_torch_file,
                            save_checkpoint, write_atomic, write_label_schema)
@@ -26,14 +26,17 @@ WARMUP_START_FACTOR = 0.001
 
 
 def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
-          seed=0, resume=False):
+          seed=0, resume=False, val_split=None):
     """Train template on the train split, validating on val each epoch; returns the weights.pth path.
 
     output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume)
-    and logs/ (train.log, metrics.csv, loss.png).
+    and logs/ (train.log, metrics.csv, loss.png). With val_split, a seeded part of train is held out as
+    val and the split saved as output/data.yaml.
     """
     output = Path(output)
     with log_file(output / "logs" / "train.log"):
+        if val_split is not None:
+            specs = hold_out_val(specs, val_split, seed, output)
         return run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
 
 

@@ -1,0 +1,52 @@
+"""`otxlite data check`: what each split holds, and every problem that would stop or change training."""
+
+from collections import Counter
+
+from otxlite import OtxliteError
+from otxlite.data import Problem, check_split
+
+SHOWN_SIZES = 3
+
+
+def check_data(specs):
+    """(report text, ok): per split its images, boxes, classes, image sizes and problems; ok when training would run."""
+    lines, errors, warnings, known = [], 0, 0, None
+    if "train" not in specs:
+        lines.append("ERROR no train split: add one to data.yaml (or --train-ann-files) before training.")
+        errors += 1
+    for name in sorted(specs, key=lambda n: ("train", "val", "test", n).index(n) if n in ("train", "val", "test") else 3):
+        spec = specs[name]
+        try:
+            split, problems = check_split(spec, None if name == "train" else known, decode=True)
+        except OtxliteError as err:  # the annotation files themselves cannot be read
+            lines += [f"{name}: {spec.ann_files}", f"  ERROR {err}"]
+            errors += 1
+            continue
+        if name == "train":
+            known = split.class_order
+            if split.samples and not known:
+                problems.append(Problem("no boxes", str(spec.ann_files), f"{spec.ann_files}: the training split "
+                                        f"has no boxes, so there is nothing to learn.", True))
+        lines += split_summary(name, spec, split)
+        for problem in problems:
+            lines.append(f"  {'ERROR' if problem.fatal else 'warning'} {problem.kind}: {problem.message}")
+        errors += sum(p.fatal for p in problems)
+        warnings += sum(not p.fatal for p in problems)
+    if errors:
+        lines.append(f"{errors} error(s): training would fail. Fix them (see ERROR lines); {warnings} warning(s).")
+    else:
+        lines.append(f"OK: training would run. {warnings} warning(s): those boxes are clipped or dropped as listed.")
+    return "\n".join(lines), errors == 0
+
+
+def split_summary(name, spec, split):
+    samples = [s for s in split.samples if s.width]  # images that could be read
+    per_class = Counter(c for s in samples for c in s.classes)
+    sizes = Counter((s.width, s.height) for s in samples).most_common()
+    shown = ", ".join(f"{w}x{h} ({count})" for (w, h), count in sizes[:SHOWN_SIZES])
+    more = f" and {len(sizes) - SHOWN_SIZES} other sizes" if len(sizes) > SHOWN_SIZES else ""
+    background = sum(not s.boxes for s in samples)
+    return [f"{name}: {spec.ann_files}",
+            f"  {len(split.samples)} images ({background} without boxes), {sum(per_class.values())} boxes",
+            "  boxes per class: " + (", ".join(f"{c} {per_class[c]}" for c in split.class_order) or "none"),
+            f"  image sizes: {shown or 'none readable'}{more}"]

@@ -1,0 +1,87 @@
+"""YOLO / Ultralytics: one labels/*.txt per image with normalised `class cx cy w h` lines; names from data.yaml."""
+
+import logging
+from pathlib import Path
+
+from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_name, parse_box
+
+log = logging.getLogger("otxlite")
+
+
+def load_yolo(spec):
+    """Images from data-roots (labels in ann-files), or from ann-files alone: a folder or a .txt list of images,
+    labels found as Ultralytics does (the last /images/ of the path becomes /labels/, suffix .txt)."""
+    if not spec.names:
+        raise DataError(f"{spec.ann_files}: YOLO labels number their classes; give the class names "
+                        f"as 'names: [...]' in data.yaml.")
+    if spec.data_roots:
+        images = list_images(spec.data_roots)
+        samples = [read_label_file(image, spec.ann_files / image.relative_to(spec.data_roots).with_suffix(".txt"),
+                                   spec.names) for image in images]
+    else:
+        images = list_images(spec.ann_files)
+        samples = [read_label_file(image, ultralytics_label_path(image), spec.names) for image in images]
+    used = {c for s in samples for c in s.classes}
+    unused = [n for n in spec.names if n not in used]
+    if unused and used:
+        log.info("%s split: names without boxes are left out: %s", spec.name, ", ".join(unused))
+    return Split(spec.name, samples, [n for n in spec.names if n in used])
+
+
+def list_images(source):
+    """The images of a folder (recursively) or of a .txt list (paths relative to the list's folder)."""
+    source = Path(source)
+    if source.is_dir():
+        images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder. For YOLO, "
+                            f"point to the images (or give the labels folder as ann-files and images as data-roots).")
+        return images
+    if source.is_file() and source.suffix == ".txt":
+        lines = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+        return [source.parent / line for line in lines]
+    raise DataError(f"{source}: not found (expected a folder of images or a .txt list of image paths).")
+
+
+def ultralytics_label_path(image):
+    parts = image.parts
+    if "images" in parts:
+        at = len(parts) - 1 - parts[::-1].index("images")
+        return Path(*parts[:at], "labels", *parts[at + 1:]).with_suffix(".txt")
+    return image.with_suffix(".txt")
+
+
+def read_label_file(image, path, names):
+    """A sample with boxes as fractions of the image size; no label file means a background image."""
+    sample = Sample(image, str(path), relative=True)
+    if not path.is_file():
+        return sample
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the label file ({err}).") from None
+    for number, line in enumerate(lines, 1):
+        values = line.split()
+        if not values:
+            continue
+        record = f"{path} (line {number})"
+        if len(values) == 5:
+            cx, cy, w, h = parse_box(values[1:], record)
+            box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+        elif len(values) >= 7 and len(values) % 2:  # a segmentation polygon: its bounding box, as Ultralytics does
+            points = parse_numbers(values[1:], record)
+            box = parse_box([min(points[::2]), min(points[1::2]), max(points[::2]), max(points[1::2])], record)
+        else:
+            raise DataError(f"{record}: expected 'class cx cy w h' (5 values), got {len(values)}: '{line.strip()}'.")
+        if max(abs(v) for v in box) > 1.5:
+            raise DataError(f"{record}: coordinates {values[1:]} are not fractions of the image size (0-1), "
+                            f"as YOLO labels must be.")
+        sample.add(box, class_name(values[0], names, record), record)
+    return sample
+
+
+def parse_numbers(values, record):
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise DataError(f"{record}: polygon {values} holds something that is not a number.") from None
