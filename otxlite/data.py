@@ -186,10 +186,10 @@ def read_listed(spec):
 def check_split(spec, known_classes=None, decode=False):
     """(split, problems): the split read, checked against its images, and cleaned.
 
-    Boxes are made absolute, clipped to the image (a warning past CLIP_TOLERANCE), and dropped when left with
-    zero area or when they repeat
-    another box of the same class; every change is a (non-fatal) problem. A missing or unreadable image, a
-    class outside known_classes and an empty split are fatal. decode=True decodes every image in full.
+    Boxes are made absolute, clipped to the image (a problem when past CLIP_TOLERANCE), and dropped when left
+    with zero area or when they repeat another box of the same class; each change is a non-fatal problem.
+    A missing or unreadable image, a class outside known_classes and an empty split are fatal.
+    decode=True decodes every image in full.
     """
     split = read_listed(spec)
     if not split.samples:

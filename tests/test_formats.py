@@ -1,5 +1,6 @@
 """Every annotation format loads BCCD's boxes exactly as the Pascal VOC files state them."""
 
+import logging
 import re
 import sys
 
@@ -220,3 +221,19 @@ def test_hugging_face_without_the_datasets_package_names_the_extra(tmp_path, mon
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(OtxliteError, match=r"needs the 'datasets' package. Install it with: pip install 'otxlite\[hf\]'"):
         load_split(SplitSpec("train", tmp_path / "cells"))
+
+
+def test_box_layout_is_read_from_how_boxes_fit_their_images_despite_a_zero_area_box(tmp_path, caplog):
+    pandas = pytest.importorskip("pandas")
+    reference = voc_split("val")
+    rows = per_image_rows(reference, embed=False)
+    rows[0]["boxes"].append([181.0, 329.0, 181.0, 329.0])  # BCCD has such boxes: x2 == x1 is still corners
+    rows[0]["labels"].append("RBC")
+    pandas.DataFrame(rows).to_parquet(tmp_path / "cells.parquet")
+    with caplog.at_level(logging.INFO, logger="otxlite"):
+        split = load_split(SplitSpec("val", tmp_path / "cells.parquet", SAMPLE / "JPEGImages"))
+    assert any("boxes read as xyxy" in r.getMessage() for r in caplog.records)
+    assert any("dropped 1 box(es) with zero area" in r.getMessage() for r in caplog.records)
+    assert_same_boxes(split, reference)
+    stated = load_split(SplitSpec("val", tmp_path / "cells.parquet", SAMPLE / "JPEGImages", bbox_format="xywh"))
+    assert stated.samples[0].boxes != split.samples[0].boxes

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otxlite.formats.base import IMAGE_SUFFIXES, DataError, EmbeddedImage, Sample, Split, class_name, \
+from otxlite.formats.base import IMAGE_SUFFIXES, DataError, EmbeddedImage, Sample, Split, class_name, open_image, \
     parse_box
 
 log = logging.getLogger("otxlite")
@@ -109,7 +109,7 @@ def load_hf(spec):
     if isinstance(dataset.features.get(image_column), datasets.Image):
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     rows = [(row, f"{path} (row {index})") for index, row in enumerate(dataset.to_list())]
-    return table_split(spec, dataset.column_names, rows, path if path.is_dir() else path.parent, names)
+    return table_split(spec, dataset.column_names, rows, path if path.is_dir() else path.parent, names, "xywh")
 
 
 def pick_split(dataset_dict, spec, path):
@@ -171,11 +171,12 @@ def find_columns(header, spec):
     return columns
 
 
-def table_split(spec, header, rows, folder, names=None):
+def table_split(spec, header, rows, folder, names=None, default_layout="xyxy"):
+    """Samples from rows of (a dict of column values, the record's name); default_layout for ambiguous boxes."""
     columns = find_columns(header, spec)
     names = spec.names or names
     if "objects" in columns or ("boxes" in columns and "xmin" not in columns and "x" not in columns):
-        samples = image_rows(spec, columns, rows, folder, names)
+        samples = image_rows(spec, columns, rows, folder, names, default_layout)
     else:
         samples = box_rows(spec, columns, rows, folder, names)
     return Split(spec.name, samples, names)  # classes in the order of names when given, else first appearance
@@ -206,7 +207,7 @@ def box_rows(spec, columns, rows, folder, names):
     return list(samples.values())
 
 
-def image_rows(spec, columns, rows, folder, names):
+def image_rows(spec, columns, rows, folder, names, default_layout):
     """One image a row, with its boxes and labels as lists (or as an `objects` column holding both)."""
     parsed = []
     for row, record in rows:
@@ -225,7 +226,7 @@ def image_rows(spec, columns, rows, folder, names):
             where = f"{record}, box {index}"
             sample.add(parse_box(as_list(box), where), class_name(label, names, where), where)
         parsed.append(sample)
-    layout = spec.bbox_format or detect_layout([b for s in parsed for b in s.boxes], spec)
+    layout = spec.bbox_format or detect_layout(parsed, spec, default_layout)
     for sample in parsed:
         sample.boxes = [corners(box, layout) for box in sample.boxes]
     return parsed
@@ -244,11 +245,25 @@ def object_lists(objects, record):
     raise DataError(f"{record}: the objects column should hold {{bbox: [...], category: [...]}}.")
 
 
-def detect_layout(boxes, spec):
-    """xyxy when every box reads as corners (x2 > x1, y2 > y1), otherwise COCO's xywh; said in the log."""
-    layout = "xyxy" if boxes and all(b[2] > b[0] and b[3] > b[1] for b in boxes) else "xywh"
-    log.info("%s: boxes read as %s (detected; set 'bbox-format:' in data.yaml if that is wrong).",
-             spec.ann_files, layout)
+def detect_layout(samples, spec, default):
+    """The reading (xyxy or xywh) under which fewer boxes leave their image or turn inside out; said in the log.
+
+    When both fit every box (one large object an image, say), the format's convention decides.
+    """
+    misfits = {"xyxy": 0, "xywh": 0}
+    for sample in samples:
+        try:
+            with open_image(sample.image) as image:
+                width, height = image.size
+        except (OSError, ValueError):  # a missing or broken image is reported when the split is checked
+            continue
+        for x, y, a, b in sample.boxes:
+            misfits["xyxy"] += a < x or b < y or a > width + 1 or b > height + 1
+            misfits["xywh"] += a < 0 or b < 0 or x + a > width + 1 or y + b > height + 1
+    layout = default if misfits["xyxy"] == misfits["xywh"] else min(misfits, key=misfits.get)
+    log.info("%s: boxes read as %s (as x1,y1,x2,y2 %d boxes would not fit their image, as x,y,w,h %d); "
+             "set 'bbox-format:' in data.yaml if that is wrong.", spec.ann_files, layout, misfits["xyxy"],
+             misfits["xywh"])
     return layout
 
 
