@@ -40,7 +40,7 @@ def convert_to_coco(specs, output):
                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
         write_json(output / "annotations" / f"{name}.json",
                    {"images": images, "annotations": annotations, "categories": categories})
-        written[name] = SplitSpec(name, Path("annotations") / f"{name}.json", Path("images") / name)
+        written[name] = SplitSpec(name, output / "annotations" / f"{name}.json", image_dir)
         log.info("%s: %d images, %d boxes -> %s", name, len(images), len(annotations),
                  output / "annotations" / f"{name}.json")
     write_data_yaml(written, output / "data.yaml")

@@ -109,11 +109,17 @@ def require_splits(specs, *names):
 
 
 def write_data_yaml(specs, path):
-    """A data.yaml that reads back as specs (absolute paths)."""
+    """A data.yaml that reads back as specs: paths inside its folder relative to it, others absolute."""
+    folder = Path(path).parent.absolute()
+
+    def written(value):
+        value = Path(value).absolute()
+        return str(value.relative_to(folder)) if value.is_relative_to(folder) else str(value)
+
     splits = {}
     for name, spec in specs.items():
         entry = {key: getattr(spec, attribute) for key, attribute in SPEC_KEYS.items()}
-        splits[name] = {k: str(v) if k in PATH_KEYS else v for k, v in entry.items() if v is not None}
+        splits[name] = {k: written(v) if k in PATH_KEYS else v for k, v in entry.items() if v is not None}
     text = yaml.safe_dump({"data": splits}, sort_keys=False)
     write_atomic(path, lambda f: f.write(text.encode()))
 
@@ -138,7 +144,8 @@ def hold_out_val(specs, fraction, seed, output):
         listing = output / "splits" / f"{name}.txt"
         write_atomic(listing, lambda f, part=part: f.write(("\n".join(part) + "\n").encode()))
         saved[name] = replace(train, name=name, subset=train.subset or "train", image_list=listing)
-    write_data_yaml(saved, output / "data.yaml")
+    order = [n for n in SPLITS if n in saved] + [n for n in saved if n not in SPLITS]
+    write_data_yaml({n: saved[n] for n in order}, output / "data.yaml")
     log.info("Held out %d of %d train images as val (--val-split %g, seed %d). Later stages see the same split "
              "with --data %s", count, len(images), fraction, seed, output / "data.yaml")
     return read_data_yaml(output / "data.yaml")

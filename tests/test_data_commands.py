@@ -244,22 +244,24 @@ def test_each_broken_input_gets_one_clear_message_naming_the_file(voc_copy, otxl
     assert "Traceback" not in out + err
 
 
-def test_train_with_val_split_then_eval_on_the_saved_data_yaml(tmp_path, small_template, otxlite):
+def test_train_with_val_split_then_eval_on_the_saved_data_yaml(tmp_path, small_template, otxlite, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, as users type them
     data = tmp_path / "train-only.yaml"
     copy_voc(sample_ids("train", 6), tmp_path / "train", tmp_path / "train")
     copy_voc(sample_ids("test", 2), tmp_path / "test", tmp_path / "test")
     data.write_text("data:\n  train: {ann-files: train}\n  test: {ann-files: test}\n")
-    run = tmp_path / "run"
-    status, _, err = otxlite("train", small_template("ssdlite320_mobilenet_v3_large"), "--data", data,
-                             "--output", run, "--no-pretrained", "--val-split", "0.34",
+    status, _, err = otxlite("train", small_template("ssdlite320_mobilenet_v3_large"), "--data", data.name,
+                             "--output", "run", "--no-pretrained", "--val-split", "0.34",
                              "params", "--learning_parameters.num_iters", "1")
     assert status == 0, err
+    run = tmp_path / "run"
     log = (run / "logs" / "train.log").read_text()
-    assert f"Held out 2 of 6 train images as val (--val-split 0.34, seed 0). Later stages see the same split " \
-           f"with --data {run / 'data.yaml'}" in log
+    assert "Held out 2 of 6 train images as val (--val-split 0.34, seed 0). Later stages see the same split " \
+           "with --data run/data.yaml" in log
     assert "train split: 4 images" in log and "val split: 2 images" in log
     held_out = (run / "splits" / "val.txt").read_text().split()
     assert len(held_out) == 2 and all(line.startswith(str(tmp_path / "train")) for line in held_out)
+    monkeypatch.chdir(tmp_path / "test")
     status, out, err = otxlite("eval", "--load-weights", run / "weights.pth", "--data", run / "data.yaml")
     assert status == 0, err
     assert "on 2 test images" in err and "mAP@0.5" in err
