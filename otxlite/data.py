@@ -13,7 +13,7 @@ from PIL import UnidentifiedImageError
 
 from otxlite import OtxliteError
 from otxlite.files import label_names, read_yaml, write_atomic
-from otxlite.formats import DataError, Sample, Split, SplitSpec, read_split
+from otxlite.formats import DataError, Sample, SplitSpec, read_split
 from otxlite.formats.base import first_appearance, open_image
 
 __all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",

@@ -116,7 +116,7 @@ def test_val_split_is_seeded_disjoint_and_saved_for_later_stages(tmp_path):
     assert len(val) == 6 and len(train) == 18 and not train & val
     assert train | val == set(sample_ids("train", 24))
     assert {s.image.stem for s in splits["test"].samples} == set(sample_ids("test", 8))
-    again = hold_out_val(read_data_yaml(data), 0.25, seed=3, output=tmp_path / "again")
+    hold_out_val(read_data_yaml(data), 0.25, seed=3, output=tmp_path / "again")
     assert (tmp_path / "again" / "splits" / "val.txt").read_text() == (tmp_path / "run" / "splits" / "val.txt").read_text()
     other = hold_out_val(read_data_yaml(data), 0.25, seed=4, output=tmp_path / "other")
     assert (tmp_path / "other" / "splits" / "val.txt").read_text() != (tmp_path / "run" / "splits" / "val.txt").read_text()

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from conftest import SAMPLE, copy_voc, sample_ids
 from otxlite import OtxliteError

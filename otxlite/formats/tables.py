@@ -9,7 +9,6 @@ import csv
 import logging
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 
