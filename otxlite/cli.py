@@ -181,6 +181,51 @@ def optimize(load_weights, data, output, subset_size, preset, max_accuracy_drop,
     run_optimize(load_weights, split_specs(data, **paths), output, subset_size, preset, max_accuracy_drop)
 
 
+@cli.command()
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
+@click.option("--input", "input_path", required=True, type=click.Path(), help="An image, a folder of images, or a video.")
+@click.option("--output", "-o", type=click.Path(), help="Folder for the annotated copies.  [default: demo/ beside the model]")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Draw boxes scoring above this.  [default: the model's]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def demo(load_weights, input_path, output, threshold, device):
+    """Draw a model's detections on images or a video (label names, scores, label colours)."""
+    from otxlite.demo import demo as run_demo
+
+    setup_logging()
+    run_demo(load_weights, input_path, output, threshold, device)
+
+
+@cli.command()
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
+@click.option("--input", "input_path", required=True, type=click.Path(), help="An image or a folder of images.")
+@click.option("--output", "-o", type=click.Path(), default="predictions.json", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["json", "csv"]),
+              help="COCO results JSON or CSV.  [default: by the --output suffix, else json]")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Keep detections scoring above this.  [default: the model's]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def predict(load_weights, input_path, output, output_format, threshold, batch_size, device):
+    """Detections for a folder of images, as COCO results JSON or CSV."""
+    from otxlite.inference import predict_files
+
+    setup_logging()
+    predict_files(load_weights, input_path, output, output_format, threshold, batch_size, device)
+
+
+@cli.command()
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="The openvino.xml of `otxlite export` or `otxlite optimize`.")
+@click.option("--output", "-o", type=click.Path(), default="deploy.zip", show_default=True)
+def deploy(load_weights, output):
+    """Package the model with a runner that needs only openvino, numpy and pillow."""
+    from otxlite.deploy import deploy as run_deploy
+
+    setup_logging()
+    run_deploy(load_weights, output)
+
+
 @cli.group()
 def data():
     """Check a dataset, or convert it to COCO."""

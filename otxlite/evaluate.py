@@ -10,11 +10,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from otxlite.data import load_split, make_loader, require_splits
-from otxlite.files import label_names, write_json
+from otxlite.files import label_names, write_atomic, write_json
+from otxlite.formats.base import open_image
 from otxlite.metrics import THRESHOLD_GRID, detection_metrics
 from otxlite.predictors import load_predictor, predict
 from otxlite.report import format_table, plot_f1, plot_precision_recall
 from otxlite.templates import apply_overrides
+from otxlite.visualize import gallery
 
 log = logging.getLogger("otxlite")
 
@@ -22,7 +24,7 @@ log = logging.getLogger("otxlite")
 def evaluate(model_path, specs, output=None, save_performance=None, overrides=None, device="auto"):
     """Evaluate a model file on the test split; returns the performance dict.
 
-    output (optional) receives performance.json, f1_curve.png and precision_recall.png;
+    output (optional) receives performance.json, f1_curve.png, precision_recall.png and gallery.jpg;
     save_performance writes performance.json elsewhere too.
     """
     predictor = load_predictor(model_path, device)
@@ -40,6 +42,8 @@ def evaluate(model_path, specs, output=None, save_performance=None, overrides=No
         log.info("Wrote %s", path)
     if output:
         save_plots(result, predictor.schema, Path(output))
+        save_gallery(split.samples, predictions, predictor.schema, performance["confidence_threshold"],
+                     Path(output) / "gallery.jpg")
     return performance
 
 
@@ -96,6 +100,19 @@ def save_plots(result, schema, folder):
     curves = {label["name"]: (c["recall_curve"], c["precision_curve"], c["ap"], label["color"])
               for label, c in zip(schema["labels"], result["per_class"].values()) if c["gts"]}
     plot_precision_recall(curves, folder / "precision_recall.png")
+
+
+def save_gallery(samples, predictions, schema, threshold, path, count=6):
+    """The first test images with ground truth and predictions above threshold drawn, as one JPEG grid."""
+    ids = {label["name"]: label["id"] for label in schema["labels"]}
+    images = []
+    for sample in samples[:count]:
+        with open_image(sample.image) as image:
+            images.append(image.convert("RGB"))
+    truths = [{"boxes": s.boxes, "labels": [ids[c] for c in s.classes]} for s in samples[:count]]
+    sheet = gallery(images, predictions[:count], truths, schema, threshold)
+    write_atomic(path, lambda f: sheet.save(f, format="JPEG", quality=90))
+    log.info("Wrote %s", path)
 
 
 def coco_ground_truth(samples, schema):

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from otxlite import OtxliteError
 from otxlite.cli import cli
@@ -51,6 +52,8 @@ def test_eval_cli_prints_the_table_and_writes_performance_and_plots(trained, tmp
     assert set(performance["per_class"]) == {"RBC", "WBC", "Platelets"}
     for name in ("f1_curve.png", "precision_recall.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 1000
+    with Image.open(tmp_path / "eval" / "gallery.jpg") as gallery:  # the 2 test images side by side, 480 px each
+        assert gallery.format == "JPEG" and gallery.size == (960, 28 + 360)
 
 
 def test_fixed_threshold_gives_f1_at_that_threshold(trained, tmp_path):

@@ -1,0 +1,102 @@
+"""`otxlite demo`: draw a model's detections on images or a video, to look at them."""
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from otxlite import OtxliteError
+from otxlite.files import make_folder, write_atomic
+from otxlite.inference import detect_images, image_files
+from otxlite.predictors import load_predictor
+from otxlite.visualize import draw_detections
+
+log = logging.getLogger("otxlite")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+def demo(model_path, input_path, output=None, threshold=None, device="auto"):
+    """Annotated copies of the image, the folder's images or the video at input_path; returns the output folder.
+
+    Boxes scoring above threshold (default: the model's) are drawn in the label colours with name and score.
+    output defaults to a demo/ folder beside the model file; it may never be the input's own folder.
+    """
+    input_path = Path(input_path)
+    output = Path(output) if output else Path(model_path).parent / "demo"
+    predictor = load_predictor(model_path, device)
+    threshold = predictor.confidence_threshold if threshold is None else threshold
+    if input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES:
+        refuse_input_folder(output, input_path.parent)
+        demo_video(predictor, input_path, output / f"{input_path.stem}.mp4", threshold)
+        return output
+    files, root = image_files(input_path)
+    refuse_input_folder(output, root)
+    for _, path, image, detections in detect_images(predictor, files, batch_size=1):
+        target = output / path.relative_to(root)
+        save_image(draw_detections(Image.fromarray(image), detections, predictor.schema, threshold), target)
+        log.info("%s: %s -> %s", path, summary(detections, threshold, predictor.schema), target)
+    return output
+
+
+def refuse_input_folder(output, input_folder):
+    if output.resolve() == input_folder.resolve():
+        raise OtxliteError(f"--output {output} is the input's own folder: demo never writes over its input. "
+                           f"Choose another folder.")
+
+
+def summary(detections, threshold, schema):
+    names = {label["id"]: label["name"] for label in schema["labels"]}
+    counts = Counter(names[int(label)] for label, score in zip(detections["labels"], detections["scores"])
+                     if score > threshold)
+    if not counts:
+        return f"no detections scoring above {threshold:g}"
+    return f"{sum(counts.values())} detections scoring above {threshold:g} (" + \
+        ", ".join(f"{name} {counts[name]}" for name in names.values() if name in counts) + ")"
+
+
+def save_image(image, path):
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    write_atomic(path, lambda f: image.save(f, format=image_format))
+
+
+def demo_video(predictor, path, target, threshold):
+    """The video with detections drawn on every frame, written as MP4 (mp4v) at the same frame rate."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise OtxliteError(f"{path}: cannot open the video (not a video, or a codec OpenCV cannot read).")
+    make_folder(target.parent)
+    partial = target.with_name(f".{target.stem}.partial.mp4")  # OpenCV picks the container by the suffix
+    fps, frames, found, writer = capture.get(cv2.CAP_PROP_FPS) or 25.0, 0, 0, None
+    try:
+        with tqdm(total=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None, unit="frame", disable=None) as progress:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                rgb = np.ascontiguousarray(frame[:, :, ::-1])
+                detections = predictor([rgb])[0]
+                drawn = np.asarray(draw_detections(Image.fromarray(rgb), detections, predictor.schema, threshold))
+                if writer is None:
+                    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (rgb.shape[1], rgb.shape[0]))
+                writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+                frames += 1
+                found += int((detections["scores"] > threshold).sum())
+                progress.update()
+        if writer is None:
+            raise OtxliteError(f"{path}: no frame could be read from the video.")
+        writer.release()
+        os.replace(partial, target)
+    finally:  # a failed or interrupted run leaves no partial video behind
+        capture.release()
+        if writer is not None:
+            writer.release()
+        partial.unlink(missing_ok=True)
+    log.info("%s: %d frames, %.1f detections a frame scoring above %g -> %s", path, frames, found / frames,
+             threshold, target)

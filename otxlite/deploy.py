@@ -1,0 +1,60 @@
+"""`otxlite deploy`: a zip with the OpenVINO model and a runner that needs only openvino, numpy and pillow."""
+
+import importlib.metadata
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+from otxlite import OtxliteError, __version__
+from otxlite.files import LABEL_SCHEMA, write_atomic
+from otxlite.predictors import load_predictor
+
+log = logging.getLogger("otxlite")
+RUNNER = Path(__file__).with_name("deploy_runner.py")
+README = """# {name}: an otxlite detector
+
+{labels} detector ({template}, {precision}, confidence threshold {threshold:g}), packaged by otxlite {version}.
+
+    python -m venv .venv && .venv/bin/pip install -r requirements.txt
+    .venv/bin/python run.py IMAGE_OR_FOLDER [--threshold T] [--json detections.json]
+
+`run.py` prints one line per image; `--json` writes COCO results (image_id, file_name, category_id,
+category_name, bbox as x, y, w, h in pixels, score). In Python: `from run import Detector;
+boxes, scores, labels = Detector()(rgb_array)`. The model takes one RGB image as [1, 3, H, W] float32
+in 0..1 at any size; resizing, normalisation and NMS are inside it. Files: model/openvino.xml + .bin,
+model/label_schema.json (label ids and names), model/config.json.
+"""
+
+
+def deploy(model_path, output):
+    """Package an exported or optimized openvino.xml (with its .bin, label_schema.json, config.json) as a zip."""
+    model_path, output = Path(model_path), Path(output)
+    if model_path.suffix != ".xml":
+        raise OtxliteError(f"{model_path}: deploy packages an OpenVINO IR. Run `otxlite export` (and `otxlite "
+                           f"optimize` for INT8) and pass its openvino.xml.")
+    predictor = load_predictor(model_path, "cpu")  # checks the IR, its metadata and label schema
+    folder = model_path.parent
+    members = {"model/openvino.xml": model_path, "model/openvino.bin": model_path.with_suffix(".bin"),
+               f"model/{LABEL_SCHEMA}": folder / LABEL_SCHEMA, "model/config.json": folder / "config.json"}
+    missing = [str(p) for p in members.values() if not p.is_file()]
+    if missing:
+        raise OtxliteError(f"{', '.join(missing)}: missing beside {model_path.name}; deploy the folder that "
+                           f"`otxlite export` or `optimize` wrote.")
+    config = json.loads((folder / "config.json").read_text())
+    readme = README.format(name=output.stem, labels=", ".join(label["name"] for label in predictor.schema["labels"]),
+                           template=predictor.template["id"], precision=config.get("precision", "FP32"),
+                           threshold=predictor.confidence_threshold, version=__version__)
+    requirements = "".join(f"{name}=={importlib.metadata.version(name)}\n" for name in ("openvino", "numpy", "pillow"))
+
+    def write(file):
+        with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as package:
+            for name, path in members.items():
+                package.write(path, name)
+            package.write(RUNNER, "run.py")
+            package.writestr("requirements.txt", requirements)
+            package.writestr("README.md", readme)
+
+    write_atomic(output, write)
+    log.info("Wrote %s (%.1f MB): model/, run.py, requirements.txt, README.md", output, output.stat().st_size / 1e6)
+    return output

@@ -1,0 +1,63 @@
+"""Pictures of detections: boxes with label names and scores in the label schema's colours."""
+
+from PIL import Image, ImageDraw, ImageFont
+
+GROUND_TRUTH_COLOR = "#ff00ff"
+PREDICTION_COLOR = "#00d000"
+
+
+def draw_detections(image, detections, schema, threshold, color=None, captions=True):
+    """A copy of image (PIL RGB) with the detections scoring above threshold drawn on it.
+
+    Each box takes its label's colour unless color is given; captions show the label name and score
+    (or only the name for ground truth, which has no scores).
+    """
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    side = min(image.size)
+    width, font = max(2, round(side / 240)), ImageFont.load_default(size=max(11, round(side / 40)))
+    labels = {label["id"]: label for label in schema["labels"]}
+    scores = detections.get("scores")
+    for index, (box, label_id) in enumerate(zip(detections["boxes"], detections["labels"])):
+        score = None if scores is None else float(scores[index])
+        if score is not None and score <= threshold:
+            continue
+        label = labels[int(label_id)]
+        outline = color or label["color"]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle([x1, y1, x2, y2], outline=outline, width=width)
+        if captions:
+            text = label["name"] if score is None else f"{label['name']} {score:.2f}"
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            y = y1 - (bottom - top) - 2 * width if y1 - (bottom - top) - 2 * width >= 0 else y1
+            draw.rectangle([x1, y, x1 + right - left + 2 * width, y + bottom - top + 2 * width], fill=outline)
+            draw.text((x1 + width - left, y + width - top), text, fill=text_color(outline), font=font)
+    return image
+
+
+def text_color(background):
+    """Black or white, whichever reads better on the background colour (#rrggbb)."""
+    red, green, blue = (int(background[i:i + 2], 16) for i in (1, 3, 5))
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 140 else "white"
+
+
+def gallery(images, predictions, ground_truths, schema, threshold, columns=3, tile_width=480):
+    """A grid of images: ground truth boxes in magenta, predictions above threshold in green."""
+    tiles = []
+    for image, prediction, truth in zip(images, predictions, ground_truths):
+        tile = draw_detections(image, truth, schema, threshold, GROUND_TRUTH_COLOR, captions=False)
+        tile = draw_detections(tile, prediction, schema, threshold, PREDICTION_COLOR)
+        tiles.append(tile.resize((tile_width, round(tile.height * tile_width / tile.width))))
+    rows = [tiles[i:i + columns] for i in range(0, len(tiles), columns)]
+    heights = [max(t.height for t in row) for row in rows]
+    caption = 28
+    sheet = Image.new("RGB", (tile_width * min(columns, len(tiles)), caption + sum(heights)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 6), f"green: predictions scoring above {threshold:g}    magenta: ground truth",
+              fill="black", font=ImageFont.load_default(size=16))
+    top = caption
+    for row, height in zip(rows, heights):
+        for column, tile in enumerate(row):
+            sheet.paste(tile, (column * tile_width, top))
+        top += height
+    return sheet
