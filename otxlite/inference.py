@@ -3,12 +3,11 @@
 import csv
 import io
 import logging
-import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -82,40 +81,36 @@ def image_files(path):
     raise OtxliteError(f"{path}: not found.")
 
 
-class DecodedImages(torch.utils.data.Dataset):
-    """(index, HxWx3 uint8 RGB array) per file, or (index, error text) for a file that cannot be decoded."""
-
-    def __init__(self, files):
-        self.files = files
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, index):
-        try:
-            with Image.open(self.files[index]) as image:
-                return index, np.array(image.convert("RGB"))
-        except (OSError, SyntaxError) as err:
-            return index, str(err)
+def decode(path):
+    """An HxWx3 uint8 RGB array, or the error text for a file that cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+    except (OSError, SyntaxError) as err:
+        return str(err)
 
 
-def detect_images(predictor, files, batch_size, workers=None):
-    """(index, file, RGB array, detections) per readable file, images decoded in worker processes.
+def detect_images(predictor, files, batch_size, workers=2):
+    """(index, file, RGB array, detections) per readable file, batch by batch.
 
-    An unreadable file is skipped with a warning naming it (and counted at the end).
+    Threads decode the next batch while the model runs on this one (PIL releases the GIL while decoding).
+    An unreadable file is skipped with a warning naming it, and counted at the end.
     """
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = torch.utils.data.DataLoader(DecodedImages(files), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=list)
+    batches = [range(start, min(start + batch_size, len(files))) for start in range(0, len(files), batch_size)]
     skipped = 0
-    for batch in loader:
-        readable = [(index, image) for index, image in batch if not isinstance(image, str)]
-        for index, error in batch:
-            if isinstance(error, str):
-                log.warning("%s: unreadable image (%s); skipped.", files[index], error)
-                skipped += 1
-        found = predictor([image for _, image in readable]) if readable else []
-        for (index, image), detections in zip(readable, found):
-            yield index, files[index], image, detections
+    with ThreadPoolExecutor(workers) as pool:
+        upcoming = [pool.submit(decode, files[i]) for i in batches[0]]
+        for number, batch in enumerate(batches):
+            decoded = [future.result() for future in upcoming]
+            if number + 1 < len(batches):
+                upcoming = [pool.submit(decode, files[i]) for i in batches[number + 1]]
+            readable = [(index, image) for index, image in zip(batch, decoded) if not isinstance(image, str)]
+            for index, error in zip(batch, decoded):
+                if isinstance(error, str):
+                    log.warning("%s: unreadable image (%s); skipped.", files[index], error)
+                    skipped += 1
+            found = predictor([image for _, image in readable]) if readable else []
+            for (index, image), detections in zip(readable, found):
+                yield index, files[index], image, detections
     if skipped:
         log.warning("Skipped %d unreadable image(s) of %d.", skipped, len(files))
