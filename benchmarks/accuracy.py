@@ -1,0 +1,58 @@
+"""Accuracy on BCCD from random initialisation: each template trained on train (best epoch by val mAP@0.5),
+then evaluated on test with `otxlite eval`'s figures.
+
+Usage: python benchmarks/accuracy.py [--templates ID ...] [--output /tmp/otxlite-accuracy]
+
+Pretrained weights cannot be downloaded on the development machine, so every run starts from random
+weights; RECIPES are the from-scratch overrides used (on top of each template's defaults). The printed
+table gives, per template: epochs, training minutes, the best val mAP@0.5 and its epoch, and on the
+72 test images mAP@0.5, mAP@[.5:.95], F1 and the threshold F1 was tuned at.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from otxlite.data import read_data_yaml
+from otxlite.evaluate import evaluate
+from otxlite.files import load_checkpoint
+from otxlite.report import format_table
+from otxlite.templates import resolve_template
+from otxlite.train import train
+
+BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
+RECIPES = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": {"learning_parameters.num_iters": "10"},
+    "ssdlite320_mobilenet_v3_large": {"learning_parameters.num_iters": "30", "learning_parameters.learning_rate": "0.05",
+                                      "learning_parameters.warmup_iters": "13",
+                                      "learning_parameters.enable_early_stopping": "false"},
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--templates", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-accuracy"))
+    args = parser.parse_args()
+    args.output.mkdir(parents=True, exist_ok=True)
+    data = args.output / "data.yaml"
+    data.write_text("data:\n" + "".join(f"  {s}: {{ann-files: {BCCD}, data-roots: {BCCD / 'JPEGImages'}}}\n"
+                                        for s in ("train", "val", "test")))
+    rows = []
+    for template_id in args.templates:
+        started = time.perf_counter()
+        weights = train(resolve_template(template_id), read_data_yaml(data), args.output / template_id,
+                        RECIPES[template_id], pretrained=False)
+        minutes = (time.perf_counter() - started) / 60
+        checkpoint = load_checkpoint(weights)
+        test = evaluate(weights, read_data_yaml(data))
+        rows.append((template_id, RECIPES[template_id]["learning_parameters.num_iters"], f"{minutes:.0f}",
+                     f"{checkpoint['metrics']['map_50']:.3f} ({checkpoint['epoch']})", f"{test['map_50']:.3f}",
+                     f"{test['map_50_95']:.3f}", f"{test['f-measure']:.3f}", f"{test['confidence_threshold']:g}"))
+        print(rows[-1], flush=True)
+    print(format_table(("template", "epochs", "minutes", "val mAP@0.5 (epoch)", "test mAP@0.5", "test mAP",
+                        "test F1", "threshold"), rows))
+
+
+if __name__ == "__main__":
+    main()
