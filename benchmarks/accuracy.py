@@ -22,7 +22,8 @@ from otxlite.train import train
 
 BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
 RECIPES = {
-    "fasterrcnn_mobilenet_v3_large_320_fpn": {"learning_parameters.num_iters": "10"},
+    "fasterrcnn_mobilenet_v3_large_320_fpn": {"learning_parameters.num_iters": "20",
+                                              "learning_parameters.lr_steps": "[14, 18]"},
     "ssdlite320_mobilenet_v3_large": {"learning_parameters.num_iters": "30", "learning_parameters.learning_rate": "0.05",
                                       "learning_parameters.warmup_iters": "13",
                                       "learning_parameters.enable_early_stopping": "false"},

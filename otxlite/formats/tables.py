@@ -124,8 +124,12 @@ def class_label_names(feature):
     """The names of the first ClassLabel inside a (nested) datasets feature, if there is one."""
     if hasattr(feature, "names") and hasattr(feature, "str2int"):
         return list(feature.names)
-    children = feature.values() if isinstance(feature, dict) else [getattr(feature, "feature", None)] \
-        if hasattr(feature, "feature") else feature if isinstance(feature, (list, tuple)) else []
+    if isinstance(feature, dict):
+        children = list(feature.values())
+    elif hasattr(feature, "feature"):  # List / Sequence of something
+        children = [feature.feature]
+    else:
+        children = list(feature) if isinstance(feature, (list, tuple)) else []
     for child in children:
         names = class_label_names(child)
         if names:
