@@ -3,7 +3,7 @@
 from collections import Counter
 
 from otxlite import OtxliteError
-from otxlite.data import Problem, check_split
+from otxlite.data import Problem, check_split, in_split_order
 
 SHOWN_SIZES = 3
 
@@ -14,7 +14,7 @@ def check_data(specs):
     if "train" not in specs:
         lines.append("ERROR no train split: add one to data.yaml (or --train-ann-files) before training.")
         errors += 1
-    for name in sorted(specs, key=lambda n: ("train", "val", "test", n).index(n) if n in ("train", "val", "test") else 3):
+    for name in in_split_order(specs):
         spec = specs[name]
         try:
             split, problems = check_split(spec, None if name == "train" else known, decode=True)

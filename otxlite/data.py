@@ -101,6 +101,11 @@ def split_specs(data=None, **paths):
     return specs
 
 
+def in_split_order(names):
+    """train, val, test first, then any other split names as given."""
+    return [n for n in SPLITS if n in names] + [n for n in names if n not in SPLITS]
+
+
 def require_splits(specs, *names):
     missing = [n for n in names if n not in specs]
     if missing:
@@ -144,8 +149,7 @@ def hold_out_val(specs, fraction, seed, output):
         listing = output / "splits" / f"{name}.txt"
         write_atomic(listing, lambda f, part=part: f.write(("\n".join(part) + "\n").encode()))
         saved[name] = replace(train, name=name, subset=train.subset or "train", image_list=listing)
-    order = [n for n in SPLITS if n in saved] + [n for n in saved if n not in SPLITS]
-    write_data_yaml({n: saved[n] for n in order}, output / "data.yaml")
+    write_data_yaml({n: saved[n] for n in in_split_order(saved)}, output / "data.yaml")
     log.info("Held out %d of %d train images as val (--val-split %g, seed %d). Later stages see the same split "
              "with --data %s", count, len(images), fraction, seed, output / "data.yaml")
     return read_data_yaml(output / "data.yaml")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from otxlite import OtxliteError
 from otxlite.files import write_atomic, write_json
-from otxlite.formats.base import IMAGE_SUFFIXES
+from otxlite.formats.base import IMAGE_SUFFIXES, images_in
 from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
@@ -74,7 +74,7 @@ def image_files(path):
             raise OtxliteError(f"{path}: not an image file ({', '.join(IMAGE_SUFFIXES)}).")
         return [path], path.parent
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = images_in(path)
         if not files:
             raise OtxliteError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder.")
         return files, path

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, copy_voc, sample_ids
+from otxlite import OtxliteError
 from otxlite.cli import main
 from otxlite.data import SplitSpec, hold_out_val, load_splits, read_data_yaml
 from otxlite.files import label_names
@@ -127,12 +128,12 @@ def test_val_split_is_seeded_disjoint_and_saved_for_later_stages(tmp_path):
                                                (0.99, "holds out 24")])
 def test_val_split_refuses_fractions_that_empty_a_side(tmp_path, fraction, message):
     specs = {"train": SplitSpec("train", SAMPLE, SAMPLE / "JPEGImages")}
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(OtxliteError, match=message):
         hold_out_val(specs, fraction, 0, tmp_path)
 
 
 def test_val_split_with_a_val_split_already_is_an_error(tmp_path):
-    with pytest.raises(Exception, match="already has a val split"):
+    with pytest.raises(OtxliteError, match="already has a val split"):
         hold_out_val(read_data_yaml(SAMPLE / "data.yaml"), 0.2, 0, tmp_path)
 
 

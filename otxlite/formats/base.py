@@ -92,6 +92,11 @@ def parse_box(values, record):
     return box
 
 
+def images_in(folder):
+    """The image files under folder, recursively, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def first_appearance(samples):
     return list(dict.fromkeys(c for s in samples for c in s.classes))
 

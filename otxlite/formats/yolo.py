@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_name, parse_box
+from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_name, images_in, parse_box
 
 log = logging.getLogger("otxlite")
 
@@ -32,7 +32,7 @@ def list_images(source):
     """The images of a folder (recursively) or of a .txt list (paths relative to the list's folder)."""
     source = Path(source)
     if source.is_dir():
-        images = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = images_in(source)
         if not images:
             raise DataError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder. For YOLO, "
                             f"point to the images (or give the labels folder as ann-files and images as data-roots).")
