@@ -22,6 +22,7 @@ def otxlite(monkeypatch, capsys):
         monkeypatch.setattr(sys, "argv", ["otxlite", *map(str, args)])
         logger = logging.getLogger("otxlite")
         handlers = list(logger.handlers)
+        logger.handlers = []  # so the CLI adds its console handler on this test's stderr, whatever ran before
         try:
             main()
             status = 0
