@@ -1,7 +1,7 @@
 """Accuracy on BCCD from random initialisation: each template trained on train (best epoch by val mAP@0.5),
 then evaluated on test with `otxlite eval`'s figures.
 
-Usage: python benchmarks/accuracy.py [--templates ID ...] [--output /tmp/otxlite-accuracy]
+Usage: python benchmarks/accuracy.py [--recipes NAME ...] [--output /tmp/otxlite-accuracy]
 
 Pretrained weights cannot be downloaded on the development machine, so every run starts from random
 weights; RECIPES are the from-scratch overrides used (on top of each template's defaults). The printed
@@ -21,18 +21,24 @@ from otxlite.templates import resolve_template
 from otxlite.train import train
 
 BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
+FASTER_RCNN_20_EPOCHS = {"learning_parameters.num_iters": "20", "learning_parameters.lr_steps": "[14, 18]"}
+# name: (template, hyper-parameter overrides, model constructor arguments replacing the template's)
 RECIPES = {
-    "fasterrcnn_mobilenet_v3_large_320_fpn": {"learning_parameters.num_iters": "20",
-                                              "learning_parameters.lr_steps": "[14, 18]"},
-    "ssdlite320_mobilenet_v3_large": {"learning_parameters.num_iters": "30", "learning_parameters.learning_rate": "0.05",
-                                      "learning_parameters.warmup_iters": "13",
-                                      "learning_parameters.enable_early_stopping": "false"},
+    "fasterrcnn_mobilenet_v3_large_320_fpn": ("fasterrcnn_mobilenet_v3_large_320_fpn", FASTER_RCNN_20_EPOCHS, {}),
+    "fasterrcnn_mobilenet_v3_large_320_fpn@480": (
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        {"learning_parameters.num_iters": "10", "learning_parameters.lr_steps": "[7, 9]"},
+        {"min_size": 480, "max_size": 640}),
+    "ssdlite320_mobilenet_v3_large": (
+        "ssdlite320_mobilenet_v3_large",
+        {"learning_parameters.num_iters": "30", "learning_parameters.learning_rate": "0.05",
+         "learning_parameters.warmup_iters": "13", "learning_parameters.enable_early_stopping": "false"}, {}),
 }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--templates", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-accuracy"))
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -40,18 +46,20 @@ def main():
     data.write_text("data:\n" + "".join(f"  {s}: {{ann-files: {BCCD}, data-roots: {BCCD / 'JPEGImages'}}}\n"
                                         for s in ("train", "val", "test")))
     rows = []
-    for template_id in args.templates:
+    for name in args.recipes:
+        template_id, overrides, model_kwargs = RECIPES[name]
+        template = resolve_template(template_id)
+        template["model"]["kwargs"].update(model_kwargs)
         started = time.perf_counter()
-        weights = train(resolve_template(template_id), read_data_yaml(data), args.output / template_id,
-                        RECIPES[template_id], pretrained=False)
+        weights = train(template, read_data_yaml(data), args.output / name, overrides, pretrained=False)
         minutes = (time.perf_counter() - started) / 60
         checkpoint = load_checkpoint(weights)
         test = evaluate(weights, read_data_yaml(data))
-        rows.append((template_id, RECIPES[template_id]["learning_parameters.num_iters"], f"{minutes:.0f}",
+        rows.append((name, overrides["learning_parameters.num_iters"], f"{minutes:.0f}",
                      f"{checkpoint['metrics']['map_50']:.3f} ({checkpoint['epoch']})", f"{test['map_50']:.3f}",
                      f"{test['map_50_95']:.3f}", f"{test['f-measure']:.3f}", f"{test['confidence_threshold']:g}"))
         print(rows[-1], flush=True)
-    print(format_table(("template", "epochs", "minutes", "val mAP@0.5 (epoch)", "test mAP@0.5", "test mAP",
+    print(format_table(("recipe", "epochs", "minutes", "val mAP@0.5 (epoch)", "test mAP@0.5", "test mAP",
                         "test F1", "threshold"), rows))
 
 

@@ -80,7 +80,27 @@ def write_json(path, data):
 
 
 def save_checkpoint(path, checkpoint):
-    write_atomic(path, lambda f: torch.save(checkpoint, f))
+    """Write checkpoint atomically, its tensors as copies that own their memory.
+
+    torch.save refuses two storages at one address with different dtypes; after NNCF and OpenVINO
+    ran in the same process it sometimes saw that for a live model's state_dict (a test run after
+    `optimize` failed at random). Copies made just for the save cannot share an address.
+    """
+    write_atomic(path, lambda f: torch.save(owned_copy(checkpoint), f))
+
+
+def owned_copy(value):
+    """value with every tensor in its dicts, lists and tuples replaced by a clone."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        copy = type(value)((k, owned_copy(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):  # a state_dict's module versions
+            copy._metadata = value._metadata
+        return copy
+    if isinstance(value, (list, tuple)):
+        return type(value)(owned_copy(v) for v in value)
+    return value
 
 
 def read_torch_file(path):

@@ -16,7 +16,7 @@ from otxlite.data import split_specs
 from otxlite.files import UMASK, load_checkpoint, read_json, save_checkpoint
 from otxlite.models import build_model, class_head_path, model_from_checkpoint
 from otxlite.templates import find_templates, resolve_template
-from otxlite.train import lr_schedule, train
+from otxlite.train import lr_schedule, reestimate_batchnorm, train
 
 TEMPLATE_IDS = sorted(t["id"] for t in find_templates("detection"))
 TWO_ITERATIONS = {"learning_parameters.num_iters": "2", "learning_parameters.batch_size": "2"}
@@ -144,6 +144,30 @@ def test_load_weights_keeps_everything_for_the_same_classes_and_resets_the_head_
                                {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}, load_weights=two_classes),
                          weights_only=True)["model"]
     assert changed[f"{head}.cls_score.weight"].shape[0] == 4  # background + 3 classes of the data
+
+
+def test_batchnorm_statistics_become_the_average_over_the_first_training_images():
+    class Normalizer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(3, momentum=0.01)
+
+        def forward(self, images, targets):
+            self.norm(torch.stack(images))
+            return {}
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [[torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=generator) for _ in range(2)]
+               for _ in range(3)]
+    loader = [(images, [{"boxes": torch.zeros(0, 4)}] * 2) for images in batches]
+    model = Normalizer()
+    reestimate_batchnorm(model, loader, torch.device("cpu"), max_images=4)
+
+    used = [torch.stack(images).float() / 255 for images in batches[:2]]  # the third batch is past max_images
+    assert torch.allclose(model.norm.running_mean, torch.cat(used).mean(dim=(0, 2, 3)))
+    batch_variances = [b.transpose(0, 1).reshape(3, -1).var(dim=1) for b in used]  # unbiased, per batch
+    assert torch.allclose(model.norm.running_var, sum(batch_variances) / 2)
+    assert model.norm.momentum == 0.01
 
 
 def test_pretrained_weights_offline_give_one_clear_error(monkeypatch, tiny_voc, tmp_path):
