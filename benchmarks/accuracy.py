@@ -1,12 +1,13 @@
-"""Accuracy on BCCD from random initialisation: each template trained on train (best epoch by val mAP@0.5),
+"""Accuracy on BCCD from random initialisation: each recipe trained on train (best epoch by val mAP@0.5),
 then evaluated on test with `otxlite eval`'s figures.
 
 Usage: python benchmarks/accuracy.py [--recipes NAME ...] [--output /tmp/otxlite-accuracy]
 
 Pretrained weights cannot be downloaded on the development machine, so every run starts from random
-weights; RECIPES are the from-scratch overrides used (on top of each template's defaults). The printed
-table gives, per template: epochs, training minutes, the best val mAP@0.5 and its epoch, and on the
-72 test images mAP@0.5, mAP@[.5:.95], F1 and the threshold F1 was tuned at.
+weights; RECIPES name a template and the from-scratch overrides used (hyper-parameters and model
+constructor arguments, on top of the template's). The printed table gives, per recipe: epochs,
+training minutes, the best val mAP@0.5 and its epoch, and on the 72 test images mAP@0.5,
+mAP@[.5:.95], F1 and the threshold F1 was tuned at.
 """
 
 import argparse
@@ -21,10 +22,11 @@ from otxlite.templates import resolve_template
 from otxlite.train import train
 
 BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
-FASTER_RCNN_20_EPOCHS = {"learning_parameters.num_iters": "20", "learning_parameters.lr_steps": "[14, 18]"}
 # name: (template, hyper-parameter overrides, model constructor arguments replacing the template's)
 RECIPES = {
-    "fasterrcnn_mobilenet_v3_large_320_fpn": ("fasterrcnn_mobilenet_v3_large_320_fpn", FASTER_RCNN_20_EPOCHS, {}),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        {"learning_parameters.num_iters": "20", "learning_parameters.lr_steps": "[14, 18]"}, {}),
     "fasterrcnn_mobilenet_v3_large_320_fpn@480": (
         "fasterrcnn_mobilenet_v3_large_320_fpn",
         {"learning_parameters.num_iters": "10", "learning_parameters.lr_steps": "[7, 9]"},
