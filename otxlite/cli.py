@@ -58,7 +58,8 @@ def data_options(splits):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="otxlite")
-def cli():
+@click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error.")
+def cli(debug):
     """otxlite: train -> eval -> export -> optimize for torchvision object detectors."""
 
 
@@ -277,6 +278,13 @@ def main():
     except KeyboardInterrupt:
         click.echo("\nInterrupted. Continue a training run with --resume.", err=True)
         sys.exit(130)
+    except Exception as err:  # the last resort: one line, and the way to the traceback
+        if "--debug" in sys.argv[1:]:
+            raise
+        command = next((a for a in sys.argv[1:] if a in cli.commands), "")
+        click.echo(f"Error: otxlite {command} failed unexpectedly: {type(err).__name__}: {user_message(err)}. "
+                   f"Rerun with `otxlite --debug {command} ...` for the traceback, and please report it.", err=True)
+        sys.exit(1)
 
 
 def user_message(err):

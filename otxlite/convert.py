@@ -35,9 +35,10 @@ def convert_to_coco(specs, output):
             file_name = unique_name(sample.image, index, used)
             copy_image(sample.image, image_dir / file_name)
             images.append({"id": index, "file_name": file_name, "width": sample.width, "height": sample.height})
-            for (x1, y1, x2, y2), class_name in zip(sample.boxes, sample.classes):
+            for (x1, y1, x2, y2), class_name, ignored in zip(sample.boxes, sample.classes, sample.ignored):
                 annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": ids[class_name],
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                    "iscrowd": int(ignored)})
         write_json(output / "annotations" / f"{name}.json",
                    {"images": images, "annotations": annotations, "categories": categories})
         written[name] = SplitSpec(name, output / "annotations" / f"{name}.json", image_dir)

@@ -6,15 +6,19 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
+import pydantic
 import torch
 import yaml
 from PIL import UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from otxlite import OtxliteError
-from otxlite.files import label_names, read_yaml, write_atomic
-from otxlite.formats import DataError, Sample, SplitSpec, read_split
-from otxlite.formats.base import first_appearance, open_image
+from otxlite.files import label_names, read_text, read_yaml, write_atomic
+from otxlite.formats import FORMATS, DataError, Sample, SplitSpec, read_split
+from otxlite.formats.base import decode_image, ends_early, first_appearance, open_image, oriented_size
 
 __all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",
            "hold_out_val", "label_schema", "load_split", "load_splits", "make_loader", "read_data_yaml",
@@ -28,6 +32,41 @@ CLIP_TOLERANCE = 1.0  # px a box may reach outside its image (rounding, 1-based 
 
 
 # ---------------------------------------------------------------- where the data is
+
+
+class SplitEntry(BaseModel):
+    """One split of a data.yaml, as written (keys with dashes)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, coerce_numbers_to_str=True)
+    ann_files: str | None = Field(None, alias="ann-files")
+    data_roots: str | None = Field(None, alias="data-roots")
+    format: Literal[tuple(FORMATS)] | None = None
+    subset: str | None = None
+    names: list[str | int] | dict[int, str | int] | None = None
+    columns: dict[str, str] | None = None
+    bbox_format: Literal["xyxy", "xywh"] | None = Field(None, alias="bbox-format")
+    image_list: str | None = Field(None, alias="image-list")
+
+    @field_validator("format", "bbox_format", mode="before")
+    @classmethod
+    def lower_case(cls, value):
+        return value.lower() if isinstance(value, str) else value
+
+
+def checked_entry(entry, path, name):
+    """A data.yaml split entry as a SplitEntry, or one error naming the file, the split and the key."""
+    if not isinstance(entry, dict):
+        raise OtxliteError(f"{path}: split '{name}' should be a mapping such as "
+                           f"{{ann-files: ..., data-roots: ...}}, not {entry!r}.")
+    try:
+        return SplitEntry.model_validate(entry)
+    except pydantic.ValidationError as err:
+        problem = err.errors()[0]
+        key = problem["loc"][0]
+        if problem["type"] == "extra_forbidden":
+            raise OtxliteError(f"{path}: split '{name}' has an unknown key '{key}'; use {', '.join(SPEC_KEYS)}.") from None
+        raise OtxliteError(f"{path}: split '{name}', {key}: {problem['msg'].lower()} "
+                           f"(got {problem['input']!r}).") from None
 
 
 def read_data_yaml(path):
@@ -45,23 +84,49 @@ def read_data_yaml(path):
     names = parse_names(config.get("names"), path)
     specs = {}
     for name, entry in splits.items():
-        if not isinstance(entry, dict) or "ann-files" not in entry:
-            raise OtxliteError(f"{path}: split '{name}' needs 'ann-files' (and usually 'data-roots').")
-        unknown = set(entry) - set(SPEC_KEYS)
-        if unknown:
-            raise OtxliteError(f"{path}: split '{name}' has unknown keys {sorted(unknown)}; use {', '.join(SPEC_KEYS)}.")
-        values = {SPEC_KEYS[k]: path.parent / v if k in PATH_KEYS else v for k, v in entry.items() if v is not None}
-        values["names"] = parse_names(entry.get("names"), path) or names
-        if values.get("columns") is not None and not isinstance(values["columns"], dict):
-            raise OtxliteError(f"{path}: 'columns' of split '{name}' should map roles to column names, "
-                               f"e.g. {{image: filename, class: label}}.")
-        specs[name] = SplitSpec(name, **values)
+        entry = checked_entry(entry, path, name)
+        values = {attribute: getattr(entry, attribute) for attribute in SPEC_KEYS.values()}
+        for key in PATH_KEYS:
+            attribute = SPEC_KEYS[key]
+            values[attribute] = values[attribute] and path.parent / values[attribute]
+        values["names"] = parse_names(entry.names, path) or names
+        specs[str(name)] = spec_for(str(name), path, **values)
     return specs
+
+
+def spec_for(name, source, ann_files=None, data_roots=None, **values):
+    """A SplitSpec; with data-roots alone, the annotations are found from the folder's layout."""
+    if ann_files is None:
+        if data_roots is None:
+            raise OtxliteError(f"{source}: split '{name}' needs 'ann-files' or 'data-roots' (or both).")
+        return root_spec(name, Path(data_roots), source, **values)
+    return SplitSpec(name, Path(ann_files), Path(data_roots) if data_roots else None, **values)
+
+
+def root_spec(name, root, source, **values):
+    """The split of a dataset root whose layout says what it is: a VOC root (Annotations/), a COCO export
+    folder (one .json, e.g. Roboflow's _annotations.coco.json, beside the images), or a YOLO root
+    (images/ and labels/)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: not found (data-roots of split '{name}' in {source}).")
+    if (root / "Annotations").is_dir():
+        return SplitSpec(name, root, None, **values)
+    jsons = sorted(root.glob("*.json"))
+    if len(jsons) == 1:
+        return SplitSpec(name, jsons[0], root, **{**values, "format": values.get("format") or "coco"})
+    if (root / "images").is_dir() and (root / "labels").is_dir():
+        return SplitSpec(name, root / "labels", root / "images", **{**values, "format": values.get("format") or "yolo"})
+    raise DataError(f"{root}: cannot tell the dataset layout from data-roots alone (split '{name}' in {source}): expected "
+                    f"Annotations/ (VOC), one .json file (COCO), or images/ and labels/ (YOLO). "
+                    f"Give 'ann-files' too.")
 
 
 def ultralytics_specs(path, config):
     """Splits of an Ultralytics data.yaml: `path` (the root, relative to this file), train/val/test, names."""
-    root = path.parent / (config.get("path") or ".")
+    root_value = config.get("path") or "."
+    if not isinstance(root_value, (str, int, float)) or isinstance(root_value, bool):
+        raise OtxliteError(f"{path}: 'path' should be the dataset's root folder, not {root_value!r}.")
+    root = path.parent / str(root_value)
     names = parse_names(config["names"], path)
     specs = {}
     for name in SPLITS:
@@ -71,22 +136,28 @@ def ultralytics_specs(path, config):
                 raise OtxliteError(f"{path}: split '{name}' lists {len(source)} folders; otxlite reads one folder "
                                    f"or one .txt list of images per split.")
             source = source[0]
-        if source:
-            specs[name] = SplitSpec(name, root / source, format="yolo", names=names)
+        if source is not None and (not isinstance(source, (str, int, float)) or isinstance(source, bool)):
+            raise OtxliteError(f"{path}: '{name}' should be an images folder or a .txt list, not {source!r}.")
+        if source not in (None, ""):
+            specs[name] = SplitSpec(name, root / str(source), format="yolo", names=names)
     if "train" not in specs:
         raise OtxliteError(f"{path}: an Ultralytics data.yaml needs 'train' (images folder or .txt list).")
     return specs
 
 
 def parse_names(names, path):
-    """Class names as a list: from a YAML list, or an {index: name} mapping numbered from 0."""
+    """Class names as a list: from a YAML list, or an {index: name} mapping numbered from 0; no repeats."""
     if names is None:
         return None
-    if isinstance(names, dict) and sorted(names) == list(range(len(names))):
+    if isinstance(names, dict) and sorted(names, key=str) == sorted(range(len(names)), key=str):
         names = [names[i] for i in range(len(names))]
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise OtxliteError(f"{path}: 'names' should be a list of class names (or {{0: name, 1: name, ...}}).")
-    return [str(n) for n in names]
+    names = [str(n) for n in names]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise OtxliteError(f"{path}: 'names' repeats {', '.join(repeated)}; two classes cannot share a name.")
+    return names
 
 
 def split_specs(data=None, **paths):
@@ -94,10 +165,9 @@ def split_specs(data=None, **paths):
     specs = read_data_yaml(data) if data else {}
     for name in SPLITS:
         ann_files, data_roots = paths.get(f"{name}_ann_files"), paths.get(f"{name}_data_roots")
-        if ann_files:
-            specs[name] = SplitSpec(name, Path(ann_files).absolute(), Path(data_roots).absolute() if data_roots else None)
-        elif data_roots:
-            raise OtxliteError(f"--{name}-data-roots needs --{name}-ann-files too.")
+        if ann_files or data_roots:
+            specs[name] = spec_for(name, f"--{name}-ann-files", ann_files and Path(ann_files).absolute(),
+                                   data_roots and Path(data_roots).absolute())
     return specs
 
 
@@ -177,10 +247,7 @@ def read_listed(spec):
     for sample in split.samples:
         for key in {str(sample.image), sample.image.name, sample.image.stem}:
             index.setdefault(key, []).append(sample)
-    try:
-        lines = [line.strip() for line in Path(spec.image_list).read_text().splitlines()]
-    except OSError as err:
-        raise DataError(f"{spec.image_list}: cannot read the image-list of split '{spec.name}' ({err}).") from None
+    lines = [line.strip() for line in read_text(spec.image_list).splitlines()]
     kept = []
     for number, line in enumerate(lines, 1):
         if not line:
@@ -198,9 +265,10 @@ def check_split(spec, known_classes=None, decode=False):
     """(split, problems): the split read, checked against its images, and cleaned.
 
     Boxes are made absolute, clipped to the image (a problem when past CLIP_TOLERANCE), and dropped when left
-    with zero area or when they repeat another box of the same class; each change is a non-fatal problem.
-    A missing or unreadable image, a class outside known_classes and an empty split are fatal.
-    decode=True decodes every image in full.
+    with zero area or when they repeat another box of the same class; each change is a non-fatal problem, as
+    are a size the annotation declares that differs from the upright image and a truncated image that still
+    decodes. A missing, unreadable or oversized image, a class outside known_classes and an empty split are
+    fatal. decode=True decodes every image in full.
     """
     split = read_listed(spec)
     if not split.samples:
@@ -211,9 +279,15 @@ def check_split(spec, known_classes=None, decode=False):
         problem = read_image_size(sample, decode)
         if problem:
             problems.append(problem)
-            continue
+            if problem.fatal:
+                continue
+        if sample.declared_size and sample.declared_size != (sample.width, sample.height):
+            problems.append(Problem("size", sample.source, f"{sample.source}: declares a "
+                                    f"{sample.declared_size[0]}x{sample.declared_size[1]} image, but {sample.image} "
+                                    f"is {sample.width}x{sample.height} upright (EXIF orientation applied, as "
+                                    f"annotation tools show it); boxes are read on the upright image.", False))
         kept, seen = [], set()
-        for box, name, record in zip(sample.boxes, sample.classes, sample.records):
+        for box, name, record, ignored in zip(sample.boxes, sample.classes, sample.records, sample.ignored):
             if known_classes is not None and name not in known_classes:
                 problems.append(Problem("unknown class", record, f"{record}: class '{name}' never appears in the "
                                         f"training split (training classes: {', '.join(known_classes)}). "
@@ -236,26 +310,40 @@ def check_split(spec, known_classes=None, decode=False):
                                         f"box of the image; dropped.", False))
                 continue
             seen.add((name, *inside))
-            kept.append((inside, name, record))
-        sample.boxes, sample.classes, sample.records = (list(v) for v in zip(*kept)) if kept else ([], [], [])
+            kept.append((inside, name, record, ignored))
+        sample.boxes, sample.classes, sample.records, sample.ignored = \
+            (list(v) for v in zip(*kept)) if kept else ([], [], [], [])
         sample.relative = False
-    present = {c for s in split.samples for c in s.classes}
-    order = first_appearance(split.samples) if split.class_order is None else \
+    present = {c for s in split.samples for c, ignored in zip(s.classes, s.ignored) if not ignored}
+    order = [c for c in first_appearance(split.samples) if c in present] if split.class_order is None else \
         [c for c in split.class_order if c in present]
     return replace(split, class_order=order), problems
 
 
 def read_image_size(sample, decode):
-    """Set sample.width/height from the image; a Problem when it is missing or unreadable."""
+    """Set sample.width/height from the image as viewers show it (EXIF orientation applied).
+
+    Returns a Problem when the image is missing, unreadable or oversized (fatal), or truncated but
+    decodable (a warning: its missing end is filled grey); otherwise None.
+    """
     try:
         with open_image(sample.image) as image:
-            if decode:
-                image.load()
-            sample.width, sample.height = image.size
+            sample.width, sample.height = oriented_size(image)
+        if decode or ends_early(sample.image):
+            try:
+                decode_image(sample.image, tolerate_truncation=False)
+            except OSError as err:
+                if "truncated" not in str(err):
+                    raise
+                decode_image(sample.image)
+                return Problem("truncated", str(sample.image), f"{sample.image}: the file ends early ({err}); "
+                               f"decoded with its missing part grey.", False)
     except FileNotFoundError:
         return Problem("missing image", sample.source, f"{sample.source}: image {sample.image} not found. "
                        f"Check data-roots.", True)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except DataError as err:
+        return Problem("unreadable image", str(sample.image), str(err), True)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return Problem("unreadable image", str(sample.image), f"{sample.image}: unreadable image ({err}). "
                        f"Replace or remove it.", True)
     return None
@@ -263,7 +351,9 @@ def read_image_size(sample, decode):
 
 WARNINGS = {"clipped": "clipped {count} box(es) that reached outside their image",
             "zero area": "dropped {count} box(es) with zero area (or wholly outside the image)",
-            "duplicate": "dropped {count} duplicate box(es)"}
+            "duplicate": "dropped {count} duplicate box(es)",
+            "truncated": "{count} truncated image(s) decoded with their missing end grey",
+            "size": "{count} image(s) whose size differs from the one their annotation declares"}
 
 
 def load_split(spec, known_classes=None):
@@ -317,36 +407,54 @@ def load_splits(specs, schema=None):
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """Images as uint8 CHW tensors with torchvision detection targets; flips horizontally when training."""
+    """Images as uint8 CHW tensors with torchvision detection targets; flips horizontally when training.
 
-    def __init__(self, samples, schema, train=False):
+    Training items are asked for as (index, epoch) by GroupedBatchSampler; their randomness is seeded from
+    (seed, epoch, index) alone, so it does not depend on which DataLoader worker decodes them, on the number
+    of workers, or on whether the run was resumed. Ignored (crowd, difficult) regions are not training targets.
+    """
+
+    def __init__(self, samples, schema, train=False, seed=0):
         self.samples = samples
         self.label_ids = {label["name"]: label["id"] for label in schema["labels"]}
-        self.train = train
+        self.train, self.seed = train, seed
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
         sample = self.samples[index]
         try:
-            with open_image(sample.image) as file:
-                image = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
-        except OSError as err:
+            image = torch.from_numpy(decode_image(sample.image).copy()).permute(2, 0, 1)
+        except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"{sample.image}: cannot decode image ({err}). Replace or remove it.") from None
-        boxes = torch.tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([self.label_ids[c] for c in sample.classes], dtype=torch.int64)
-        if self.train and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
+        trained = [i for i, ignored in enumerate(sample.ignored) if not ignored]
+        boxes = torch.tensor([sample.boxes[i] for i in trained], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self.label_ids[sample.classes[i]] for i in trained], dtype=torch.int64)
+        if self.train:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                if torch.rand(()) < 0.5:
+                    image = image.flip(-1)
+                    boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
         return image, {"boxes": boxes, "labels": labels, "image_id": index}
 
 
+def sample_seed(seed, epoch, index):
+    """One 63-bit seed per (seed, epoch, image index)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def make_loader(samples, schema, params, device, train=False, seed=0):
-    """Batches of (uint8 images, targets); training batches are shuffled, flipped and grouped by shape."""
-    dataset = DetectionDataset(samples, schema, train=train)
+    """Batches of (uint8 images, targets); training batches are shuffled, flipped and grouped by shape.
+
+    The loader's own generator keeps it from drawing on the global random state, so that state (which
+    the model's sampling uses) is the same whether a run started fresh or resumed.
+    """
+    dataset = DetectionDataset(samples, schema, train=train, seed=seed)
     common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
-              "persistent_workers": params["num_workers"] > 0}
+              "persistent_workers": params["num_workers"] > 0, "generator": torch.Generator().manual_seed(seed)}
     if train:
         sampler = GroupedBatchSampler(samples, params["batch_size"], seed)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
@@ -360,7 +468,8 @@ def collate(batch):
 class GroupedBatchSampler(torch.utils.data.Sampler):
     """Shuffled batches whose images are all wide or all tall, so padding wastes little.
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    The order depends only on (seed, epoch), so a resumed run sees the same batches. Each batch lists
+    (image index, epoch) pairs, which carry the epoch to the dataset in whichever worker decodes it.
     """
 
     def __init__(self, samples, batch_size, seed):
@@ -391,4 +500,5 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         for batch in lone:  # a group of one image joins another group's batch
             batches.remove(batch)
             batches[0] += batch
-        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return [[(index, self.epoch) for index in batches[i]]
+                for i in torch.randperm(len(batches), generator=generator).tolist()]

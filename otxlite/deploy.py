@@ -1,13 +1,12 @@
 """`otxlite deploy`: a zip with the OpenVINO model and a runner that needs only openvino, numpy and pillow."""
 
 import importlib.metadata
-import json
 import logging
 import zipfile
 from pathlib import Path
 
 from otxlite import OtxliteError, __version__
-from otxlite.files import LABEL_SCHEMA, write_atomic
+from otxlite.files import LABEL_SCHEMA, output_file, read_json, write_atomic
 from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
@@ -29,7 +28,7 @@ model/label_schema.json (label ids and names), model/config.json.
 
 def deploy(model_path, output):
     """Package an exported or optimized openvino.xml (with its .bin, label_schema.json, config.json) as a zip."""
-    model_path, output = Path(model_path), Path(output)
+    model_path, output = Path(model_path), output_file(output)
     if model_path.suffix != ".xml":
         raise OtxliteError(f"{model_path}: deploy packages an OpenVINO IR. Run `otxlite export` (and `otxlite "
                            f"optimize` for INT8) and pass its openvino.xml.")
@@ -41,7 +40,7 @@ def deploy(model_path, output):
     if missing:
         raise OtxliteError(f"{', '.join(missing)}: missing beside {model_path.name}; deploy the folder that "
                            f"`otxlite export` or `optimize` wrote.")
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json")
     readme = README.format(name=output.stem, labels=", ".join(label["name"] for label in predictor.schema["labels"]),
                            template=predictor.template["id"], precision=config.get("precision", "FP32"),
                            threshold=predictor.confidence_threshold, version=__version__)

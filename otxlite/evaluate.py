@@ -1,17 +1,19 @@
 """`otxlite eval`: COCO mAP, a per-class AP table and F1 at a tuned or fixed confidence threshold."""
 
 import contextlib
+import copy
 import io
 import logging
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from otxlite.data import load_split, make_loader, require_splits
 from otxlite.files import label_names, write_atomic, write_json
-from otxlite.formats.base import open_image
+from otxlite.formats.base import decode_image
 from otxlite.metrics import THRESHOLD_GRID, detection_metrics
 from otxlite.predictors import load_predictor, predict
 from otxlite.report import format_table, plot_f1, plot_precision_recall
@@ -48,11 +50,11 @@ def evaluate(model_path, specs, output=None, save_performance=None, overrides=No
 
 
 def thresholding(predictor, overrides):
-    """The postprocessing settings: the model's own threshold unless params override it."""
-    template = apply_overrides({"hyper_parameters": {"postprocessing": {
-        "confidence_threshold": predictor.confidence_threshold,
-        "result_based_confidence_threshold": True}}}, overrides)
-    return template["hyper_parameters"]["postprocessing"]
+    """The postprocessing settings: the model's own threshold, re-tuned on the results, unless params say otherwise."""
+    template = copy.deepcopy(predictor.template)
+    template["hyper_parameters"]["postprocessing"] = {"confidence_threshold": predictor.confidence_threshold,
+                                                      "result_based_confidence_threshold": True}
+    return apply_overrides(template, overrides)["hyper_parameters"]["postprocessing"]
 
 
 def score(samples, predictions, schema, confidence_threshold=None):
@@ -63,7 +65,8 @@ def score(samples, predictions, schema, confidence_threshold=None):
     """
     ids = {label["name"]: label["id"] for label in schema["labels"]}
     ground_truths = [{"boxes": np.asarray(s.boxes, dtype=np.float64).reshape(-1, 4),
-                      "labels": np.array([ids[c] for c in s.classes])} for s in samples]
+                      "labels": np.array([ids[c] for c in s.classes]), "ignored": np.array(s.ignored, bool)}
+                     for s in samples]
     result = detection_metrics(ground_truths, predictions, list(ids.values()), confidence_threshold)
     names = {label["id"]: label["name"] for label in schema["labels"]}
     performance = {
@@ -105,10 +108,7 @@ def save_plots(result, schema, folder):
 def save_gallery(samples, predictions, schema, threshold, path, count=6):
     """The first test images with ground truth and predictions above threshold drawn, as one JPEG grid."""
     ids = {label["name"]: label["id"] for label in schema["labels"]}
-    images = []
-    for sample in samples[:count]:
-        with open_image(sample.image) as image:
-            images.append(image.convert("RGB"))
+    images = [Image.fromarray(decode_image(sample.image)) for sample in samples[:count]]
     truths = [{"boxes": s.boxes, "labels": [ids[c] for c in s.classes]} for s in samples[:count]]
     sheet = gallery(images, predictions[:count], truths, schema, threshold)
     write_atomic(path, lambda f: sheet.save(f, format="JPEG", quality=90))
@@ -116,13 +116,17 @@ def save_gallery(samples, predictions, schema, threshold, path, count=6):
 
 
 def coco_ground_truth(samples, schema):
-    """A pycocotools COCO object holding the samples' boxes, image ids being sample positions."""
+    """A pycocotools COCO object holding the samples' boxes, image ids being sample positions.
+
+    Ignored regions (COCO crowd, VOC difficult) are crowd regions to pycocotools.
+    """
     ids = {label["name"]: label["id"] for label in schema["labels"]}
     annotations = []
     for image_id, sample in enumerate(samples):
-        for (x1, y1, x2, y2), name in zip(sample.boxes, sample.classes):
+        for (x1, y1, x2, y2), name, ignored in zip(sample.boxes, sample.classes, sample.ignored):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[name],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                                "iscrowd": int(ignored)})
     coco = COCO()
     coco.dataset = {"images": [{"id": i, "width": s.width, "height": s.height} for i, s in enumerate(samples)],
                     "annotations": annotations,

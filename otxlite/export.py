@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from otxlite import OtxliteError, __version__
-from otxlite.files import (load_checkpoint, make_folder, read_label_schema, write_atomic, write_json,
+from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
                            write_label_schema)
 from otxlite.models import model_from_checkpoint
 
@@ -55,7 +55,7 @@ def input_size(transform):
 def export(weights, output, formats=FORMATS, precision="FP32"):
     """Export a weights.pth to output/model.onnx and/or output/openvino.xml (+ .bin); returns the paths."""
     weights, output = Path(weights), Path(output)
-    checkpoint = load_checkpoint(weights)
+    checkpoint = load_weights(weights)
     schema = read_label_schema(weights, expected=checkpoint["labels"])
     if precision not in ("FP32", "FP16"):
         raise OtxliteError(f"--precision {precision}: use FP32 or FP16.")

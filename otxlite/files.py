@@ -39,12 +39,16 @@ def read_json(path):
 
 
 def read_text(path):
+    """A UTF-8 text file (a byte-order mark is accepted); anything else is one error naming the file."""
     try:
-        return Path(path).read_text()
+        return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise OtxliteError(f"{path}: file not found.") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise OtxliteError(f"{path}: cannot read the file ({err}).") from None
+    except UnicodeDecodeError as err:
+        raise OtxliteError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}). "
+                           f"Save the file as UTF-8.") from None
+    except OSError as err:
+        raise OtxliteError(f"{path}: cannot read the file ({err.strerror or err}).") from None
 
 
 def write_atomic(path, write):
@@ -52,7 +56,7 @@ def write_atomic(path, write):
 
     A run killed half-way leaves the previous file intact, never a truncated one.
     """
-    path = Path(path)
+    path = output_file(path)
     make_folder(path.parent)
     try:
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -68,7 +72,18 @@ def write_atomic(path, write):
         raise
 
 
+def output_file(path):
+    """path as a Path, or one error when it names an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OtxliteError(f"{path} is a folder; give the path of a file to write inside it, e.g. {path}/"
+                           f"{path.name or 'output'}{path.suffix or '.out'}.")
+    return path
+
+
 def make_folder(folder):
+    if Path(folder).is_file():
+        raise OtxliteError(f"{folder} is a file; give a folder for the output.")
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -125,6 +140,15 @@ def load_checkpoint(path):
     return checkpoint
 
 
+def load_weights(path):
+    """A weights.pth: a model checkpoint with its confidence threshold, not a checkpoints/last.pth."""
+    checkpoint = load_checkpoint(path)
+    if "confidence_threshold" not in checkpoint:
+        raise OtxliteError(f"{path}: a checkpoint for `otxlite train --resume`, not a model. Pass the run's "
+                           f"weights.pth (the best epoch, with its tuned confidence threshold).")
+    return checkpoint
+
+
 def write_label_schema(folder, schema):
     write_json(Path(folder) / LABEL_SCHEMA, schema)
 
@@ -153,7 +177,10 @@ def label_names(schema):
 def log_file(path):
     """Copy otxlite's log messages into path (appending) while the block runs."""
     make_folder(Path(path).parent)
-    handler = logging.FileHandler(path)
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as err:
+        raise OtxliteError(f"Cannot write the log {path}: {err.strerror}. Choose another --output folder.") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("otxlite")
     logger.addHandler(handler)

@@ -7,13 +7,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from otxlite import OtxliteError
-from otxlite.files import write_atomic, write_json
-from otxlite.formats.base import IMAGE_SUFFIXES, images_in
+from otxlite.files import output_file, write_atomic, write_json
+from otxlite.formats.base import IMAGE_SUFFIXES, DataError, decode_image, images_in
 from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
@@ -26,10 +24,10 @@ def predict_files(model_path, input_path, output, output_format=None, threshold=
     JSON is a COCO results list (image_id numbers the files in sorted order from 1; file_name, category_name
     added); CSV has one detection a row (CSV_COLUMNS). Returns the output path.
     """
+    output = output_file(output)
     predictor = load_predictor(model_path, device, throughput=True)
     threshold = predictor.confidence_threshold if threshold is None else threshold
     files, root = image_files(input_path)
-    output = Path(output)
     output_format = output_format or ("csv" if output.suffix.lower() == ".csv" else "json")
     names = {label["id"]: label["name"] for label in predictor.schema["labels"]}
     records, started = [], time.perf_counter()
@@ -82,11 +80,19 @@ def image_files(path):
 
 
 def decode(path):
-    """An HxWx3 uint8 RGB array, or the error text for a file that cannot be decoded."""
+    """An HxWx3 uint8 RGB array as viewers show the image, or the error text for a file that cannot be decoded
+    (a truncated file is decoded with its missing end grey, and a warning names it)."""
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except (OSError, SyntaxError) as err:
+        try:
+            return decode_image(path, tolerate_truncation=False)
+        except OSError as err:
+            if "truncated" not in str(err):
+                raise
+            log.warning("%s: the file ends early (%s); decoded with its missing part grey.", path, err)
+            return decode_image(path)
+    except DataError as err:
+        return str(err).removeprefix(f"{path}: ")
+    except (OSError, SyntaxError, ValueError) as err:
         return str(err)
 
 

@@ -3,7 +3,10 @@
 Everything is vectorised with numpy. Matching is COCO's: within each image and class, detections
 in descending score order each take the unmatched ground truth of highest IoU (at least the IoU
 threshold). A detection's match never depends on lower-scored detections, so one matching pass
-gives the true positives for every confidence threshold at once.
+gives the true positives for every confidence threshold at once. Ignored ground truth (COCO crowd,
+VOC difficult) is handled as pycocotools handles crowd regions: a detection that matches no other
+ground truth but covers an ignored box (intersection over the detection's own area at least the
+threshold) is left out, neither a true nor a false positive; ignored boxes count as no ground truth.
 """
 
 import numpy as np
@@ -22,34 +25,44 @@ def pad(arrays, shape, fill):
     return out
 
 
-def box_iou(a, b):
-    """IoU of boxes a [..., D, 4] with boxes b [..., G, 4] (x1, y1, x2, y2) -> [..., D, G]."""
+def box_iou(a, b, crowd=False):
+    """IoU of boxes a [..., D, 4] with boxes b [..., G, 4] (x1, y1, x2, y2) -> [..., D, G].
+
+    crowd=True divides by the area of a alone, as pycocotools does for crowd regions.
+    """
     a, b = a[..., :, None, :], b[..., None, :, :]
     width = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
     height = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
     inter = width * height
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
+    union = area_a if crowd else area_a + area_b - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def ignored_mask(ground_truth):
+    """Which of an image's ground-truth boxes are ignored regions (none when the key is absent)."""
+    return np.asarray(ground_truth.get("ignored", np.zeros(len(ground_truth["labels"]))), dtype=bool).reshape(-1)
 
 
 def match(ground_truths, predictions, iou_threshold=IOU_THRESHOLD):
     """Match predictions to ground truths image by image.
 
     ground_truths and predictions are lists (one entry per image) of dicts with 'boxes' [N, 4] and
-    'labels' [N] (predictions also 'scores' [N]). Returns flat arrays over all predictions:
-    scores, labels, is_true_positive.
+    'labels' [N] (ground truths optionally 'ignored' [N], predictions also 'scores' [N]). Returns flat
+    arrays over the predictions that are not left out on ignored regions: scores, labels, is_true_positive.
     """
     gt_boxes = pad([g["boxes"] for g in ground_truths], (4,), 0)
     gt_labels = pad([g["labels"] for g in ground_truths], (), -1)
+    gt_ignored = pad([ignored_mask(g) for g in ground_truths], (), 0).astype(bool)
     order = [np.argsort(-np.asarray(p["scores"]), kind="mergesort") for p in predictions]
     boxes = pad([np.asarray(p["boxes"]).reshape(-1, 4)[o] for p, o in zip(predictions, order)], (4,), 0)
     labels = pad([np.asarray(p["labels"])[o] for p, o in zip(predictions, order)], (), -2)
     scores = pad([np.asarray(p["scores"])[o] for p, o in zip(predictions, order)], (), np.nan)
 
     iou = box_iou(boxes, gt_boxes)  # [images, detections, ground truths]
-    iou[labels[:, :, None] != gt_labels[:, None, :]] = -1
+    other_class = labels[:, :, None] != gt_labels[:, None, :]
+    iou[other_class | gt_ignored[:, None, :]] = -1
     taken = np.zeros(gt_labels.shape, dtype=bool)
     true_positive = np.zeros(labels.shape, dtype=bool)
     rows = np.arange(len(labels))
@@ -61,8 +74,11 @@ def match(ground_truths, predictions, iou_threshold=IOU_THRESHOLD):
         hit = candidates[rows, best] >= iou_threshold
         true_positive[:, rank] = hit
         taken[rows[hit], best[hit]] = True
-    real = ~np.isnan(scores)
-    return scores[real], labels[real].astype(int), true_positive[real]
+    cover = box_iou(boxes, gt_boxes, crowd=True)
+    cover[other_class | ~gt_ignored[:, None, :]] = -1
+    on_ignored = ~true_positive & (cover.max(axis=2, initial=-1) >= iou_threshold)
+    kept = ~np.isnan(scores) & ~on_ignored
+    return scores[kept], labels[kept].astype(int), true_positive[kept]
 
 
 def average_precision(scores, true_positive, num_ground_truths):
@@ -107,7 +123,8 @@ def detection_metrics(ground_truths, predictions, class_ids, confidence_threshol
     Classes without ground truth get AP nan and are left out of the mAP, as in COCO.
     """
     scores, labels, true_positive = match(ground_truths, predictions)
-    gt_labels = np.concatenate([np.asarray(g["labels"]).reshape(-1) for g in ground_truths] or [np.zeros(0)])
+    gt_labels = np.concatenate([np.asarray(g["labels"]).reshape(-1)[~ignored_mask(g)] for g in ground_truths]
+                               or [np.zeros(0)])
     per_class = {}
     for class_id in class_ids:
         mine = labels == class_id

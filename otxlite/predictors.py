@@ -9,13 +9,18 @@ import numpy as np
 import torch
 
 from otxlite import OtxliteError
-from otxlite.files import load_checkpoint, read_label_schema
+from otxlite.files import load_weights, read_label_schema
 
 METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
 
 
 class TorchPredictor:
-    """A torchvision detector (from weights.pth, or one being trained)."""
+    """A torchvision detector (from weights.pth, or one being trained).
+
+    Only images of one size share a forward pass: torchvision pads a batch to its largest image, and the
+    padding changes the features, so mixed sizes would give other detections than ONNX or OpenVINO
+    (which see one image at a time) and other detections depending on batch composition.
+    """
 
     def __init__(self, model, schema, confidence_threshold, template, device):
         self.model, self.schema, self.template, self.device = model.eval().to(device), schema, template, device
@@ -24,9 +29,20 @@ class TorchPredictor:
     @torch.inference_mode()
     def __call__(self, images):
         """images: HxWx3 uint8 RGB arrays -> [{'boxes' [N, 4] xyxy, 'scores' [N], 'labels' [N] (schema ids)}]."""
-        tensors = [torch.tensor(image).permute(2, 0, 1).to(self.device).float().div_(255) for image in images]
-        outputs = self.model(tensors)
-        return [{k: output[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")} for output in outputs]
+        results = [None] * len(images)
+        for indices in same_size_groups(images):
+            tensors = [torch.tensor(images[i]).permute(2, 0, 1).to(self.device).float().div_(255) for i in indices]
+            for i, output in zip(indices, self.model(tensors)):
+                results[i] = {k: output[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")}
+        return results
+
+
+def same_size_groups(images):
+    """Indices of images grouped by shape, groups in order of first appearance."""
+    groups = {}
+    for index, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(index)
+    return list(groups.values())
 
 
 def pick_device(name):
@@ -77,7 +93,7 @@ class OnnxPredictor(ExportedPredictor):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable files
-            raise OtxliteError(f"{path}: not a readable ONNX model ({err}).") from None
+            raise OtxliteError(f"{path}: not a readable ONNX model ({cause(err)}).") from None
         super().__init__(path, self.session.get_modelmeta().custom_metadata_map, device)
 
     def run(self, image):
@@ -99,7 +115,7 @@ class OpenVinoPredictor(ExportedPredictor):
         try:
             model = core.read_model(str(path))
         except RuntimeError as err:
-            raise OtxliteError(f"{path}: not a readable OpenVINO IR ({str(err).splitlines()[0]}).") from None
+            raise OtxliteError(f"{path}: not a readable OpenVINO IR ({cause(err)}).") from None
         metadata = {key: model.get_rt_info(["model_info", key]).astype(str)
                     for key in METADATA_KEYS if model.has_rt_info(["model_info", key])}
         super().__init__(path, metadata, device)
@@ -128,6 +144,14 @@ class OpenVinoPredictor(ExportedPredictor):
         return results
 
 
+def cause(err):
+    """The lines of a runtime's error message that say what is wrong, without its source locations."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from", "Check '", "[ ERROR ]"))
+            and not line.endswith(".cpp") and ".cpp:" not in line]
+    return " ".join(said or lines[-1:] or [type(err).__name__])
+
+
 def load_predictor(path, device="auto", throughput=False):
     """The predictor for a model file, by its suffix; label_schema.json must sit beside it.
 
@@ -139,7 +163,7 @@ def load_predictor(path, device="auto", throughput=False):
     if not path.is_file():
         raise OtxliteError(f"{path}: file not found.")
     if path.suffix == ".pth":
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_weights(path)
         schema = read_label_schema(path, expected=checkpoint["labels"])
         model = model_from_checkpoint(checkpoint, path)
         return TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"], device)

@@ -3,8 +3,11 @@
 import copy
 import difflib
 from pathlib import Path
+from typing import Any, Literal
 
+import pydantic
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from otxlite import OtxliteError
 from otxlite.files import read_yaml
@@ -13,7 +16,77 @@ TASKS = ("detection",)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Installed wheels carry the templates inside the package; a source checkout has them beside it.
 BUILTIN_TEMPLATE_DIRS = (PACKAGE_DIR / "templates", PACKAGE_DIR.parent / "templates")
-REQUIRED_KEYS = ("id", "name", "task", "model", "hyper_parameters")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LearningParameters(Strict):
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    num_iters: int = Field(ge=1, description="epochs")
+    warmup_iters: int = Field(ge=0)
+    lr_scheduler: Literal["multistep", "cosine"]
+    lr_steps: list[int] = Field(description="epochs at which the learning rate is multiplied by lr_gamma")
+    lr_gamma: float = Field(gt=0, le=1)
+    enable_early_stopping: bool
+    early_stop_start: int = Field(ge=0)
+    early_stop_patience: int = Field(ge=1)
+    num_workers: int = Field(ge=0)
+
+
+class Postprocessing(Strict):
+    confidence_threshold: float = Field(ge=0, le=1)
+    result_based_confidence_threshold: bool
+
+
+class HyperParameters(Strict):
+    learning_parameters: LearningParameters
+    postprocessing: Postprocessing
+
+
+class ModelSpec(Strict):
+    architecture: str
+    weights: str | None = None
+    weights_backbone: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Template(Strict):
+    id: str
+    name: str
+    task: Literal[TASKS]
+    model: ModelSpec
+    stats: dict[str, float | None] = Field(default_factory=dict)
+    hyper_parameters: HyperParameters
+    path: str | None = None
+
+
+def validated(template, source, overrides=None):
+    """template checked against the schema, values converted ('1e-3' -> 0.001), as a plain dict.
+
+    The first problem is one error naming source, or the `params` flag that caused it.
+    """
+    try:
+        checked = Template.model_validate(template).model_dump(exclude_none=True)
+    except pydantic.ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        key = where.removeprefix("hyper_parameters.")
+        hint = " (a YAML list, e.g. '[16, 22]')" if problem["type"] == "list_type" else ""
+        if overrides and key in overrides:
+            raise OtxliteError(f"params --{key} {overrides[key]}: {problem['msg'].lower()}{hint}.") from None
+        shown = "" if problem["type"] == "missing" else f" (got {problem['input']!r})"
+        raise OtxliteError(f"{source}: {where}: {problem['msg'].lower()}{shown}.") from None
+    if "path" in template:
+        checked["path"] = template["path"]
+    lr_steps = checked["hyper_parameters"]["learning_parameters"]["lr_steps"]
+    if any(step < 1 for step in lr_steps):
+        raise OtxliteError(f"{source}: lr_steps {lr_steps}: epochs count from 1.")
+    return checked
 
 
 def template_dirs(extra_dirs=()):
@@ -23,15 +96,12 @@ def template_dirs(extra_dirs=()):
 
 
 def load_template(path):
-    """Read one template.yaml and check it has the fields every stage relies on."""
+    """Read one template.yaml, checked against the template schema."""
     template = read_yaml(path)
     if not isinstance(template, dict):
-        raise OtxliteError(f"{path}: a template must be a YAML mapping with keys {', '.join(REQUIRED_KEYS)}.")
-    missing = [key for key in REQUIRED_KEYS if key not in template]
-    if missing:
-        raise OtxliteError(f"{path}: template is missing {', '.join(missing)}.")
+        raise OtxliteError(f"{path}: a template must be a YAML mapping with keys {', '.join(Template.model_fields)}.")
     template["path"] = str(Path(path).resolve())
-    return template
+    return validated(template, path)
 
 
 def find_templates(task=None, extra_dirs=()):
@@ -80,8 +150,11 @@ def apply_overrides(template, overrides):
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(known)}."
             raise OtxliteError(f"Unknown hyper-parameter '{key}'.{hint}")
-        node[leaf] = yaml.safe_load(text)
-    return template
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            node[leaf] = text
+    return validated(template, template.get("path", template["id"]), overrides)
 
 
 def flatten(tree, prefix=""):

@@ -1,5 +1,6 @@
 """`otxlite train`: fine-tune a template's detector, keeping the best epoch as weights.pth."""
 
+import contextlib
 import csv
 import io
 import logging
@@ -81,9 +82,12 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         scheduler.load_state_dict(state["lr_scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, start_epoch, best = state["history"], state["epoch"], state["best_metric"]
-        if start_epoch >= params["num_iters"]:
-            raise OtxliteError(f"{last_path}: the run already finished its {start_epoch} epochs. To train longer, "
-                               f"add params --learning_parameters.num_iters N with N > {start_epoch}.")
+        if start_epoch >= params["num_iters"] or state.get("stopped_early"):
+            if load_checkpoint(output / "weights.pth").get("threshold_tuned"):
+                raise OtxliteError(f"{last_path}: the run already finished after {start_epoch} epochs. To train "
+                                   f"longer, add params --learning_parameters.num_iters N with N > {start_epoch}.")
+            log.info("The run's epochs are done; finishing its confidence-threshold tuning.")
+            start_epoch = params["num_iters"]
 
     log.info("Training %s on %s for %d epochs (batch %d, lr %g, %s pretrained weights)", template["id"], device,
              params["num_iters"], params["batch_size"], params["learning_rate"],
@@ -109,13 +113,14 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         log.info("epoch %d/%d  loss %.4f  val mAP@0.5 %.4f  mAP@[.5:.95] %.4f  %.1f s  %.2f img/s%s",
                  epoch + 1, params["num_iters"], losses["loss"], metrics["map_50"], metrics["map_50_95"],
                  row["seconds"], row["images_per_s"], "  (best, saved weights.pth)" if improved else "")
+        stopped_early = should_stop(params, epoch + 1, best)
         save_checkpoint(last_path, {"format_version": CHECKPOINT_FORMAT, "template": template, "labels": schema,
                                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                     "pretrained": pretrained, "epoch": epoch + 1, "best_metric": best,
-                                    "history": history})
+                                    "history": history, "stopped_early": stopped_early})
         write_logs(output / "logs", history)
-        if should_stop(params, epoch + 1, best):
+        if stopped_early:
             log.info("Early stopping: no better val mAP@0.5 for %d epochs since epoch %d.",
                      params["early_stop_patience"], best["epoch"])
             break
@@ -170,7 +175,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, 
     sums, count, started = {}, 0, time.perf_counter()
     progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None)
     for batch in progress:
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, enabled=device.type == "cuda"), one_image_batchnorm_error():
             loss_terms = model(*on_device(batch, device))
         loss = sum(loss_terms.values())
         if not torch.isfinite(loss):
@@ -189,6 +194,19 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, 
         progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                              img_s=f"{images_per_s:.1f}")
     return {name: round(total / count, 5) for name, total in sums.items()}
+
+
+@contextlib.contextmanager
+def one_image_batchnorm_error():
+    """BatchNorm's error for a batch of one image (where a layer sees one value per channel) as a user error."""
+    try:
+        yield
+    except ValueError as err:
+        if "Expected more than 1 value per channel" not in str(err):
+            raise
+        raise OtxliteError("A training batch of one image reached a BatchNorm layer that needs two or more (this "
+                           "template's head normalises over the batch). Use params "
+                           "--learning_parameters.batch_size 2 or more, with at least two training images.") from None
 
 
 def on_device(batch, device):
@@ -217,7 +235,7 @@ def reestimate_batchnorm(model, loader, device, max_images=BATCHNORM_IMAGES):
         layer.momentum = None  # a plain average over the batches that follow
     model.train()
     seen = 0
-    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"), one_image_batchnorm_error():
         for batch in loader:
             model(*on_device(batch, device))
             seen += len(batch[0])
@@ -260,6 +278,7 @@ def tune_threshold(weights_path, model, template, schema, val_samples, val_loade
     if fixed is None:
         log.info("Setting confidence threshold to %g based on results", performance["confidence_threshold"])
     checkpoint["confidence_threshold"], checkpoint["metrics"] = performance["confidence_threshold"], performance
+    checkpoint["threshold_tuned"] = True
     save_checkpoint(weights_path, checkpoint)
     log.info("Validation of the best epoch (%d):%s", checkpoint["epoch"],
              performance_report(performance, result, tuned=fixed is None))

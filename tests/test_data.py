@@ -54,8 +54,9 @@ def test_data_yaml_paths_are_relative_to_its_folder_and_flags_override(tmp_path)
 @pytest.mark.parametrize("text, message", [
     ("data: [unclosed\n", "invalid YAML at line"),
     ("nothing: here\n", "expected a 'data:' mapping"),
-    ("data:\n  train: {data-roots: x}\n", "split 'train' needs 'ann-files'"),
-    ("data:\n  train: {ann-files: x, roots: y}\n", "unknown keys"),
+    ("data:\n  train: {data-roots: x}\n", r"x: not found \(data-roots of split 'train' in .*data.yaml\)"),
+    ("data:\n  train: {format: coco}\n", "split 'train' needs 'ann-files' or 'data-roots'"),
+    ("data:\n  train: {ann-files: x, roots: y}\n", "unknown key 'roots'"),
 ])
 def test_bad_data_yaml_names_the_file(tmp_path, text, message):
     path = tmp_path / "data.yaml"
@@ -178,22 +179,24 @@ def test_dataset_flip_moves_boxes_with_the_image():
 def test_grouped_batches_keep_wide_and_tall_images_apart_and_depend_only_on_seed_and_epoch():
     samples = [Sample(image=None, source="", width=w, height=h) for w, h in [(640, 480)] * 5 + [(480, 640)] * 4]
     sampler = GroupedBatchSampler(samples, batch_size=2, seed=3)
-    batches = list(sampler)
+    assert all(epoch == 0 for b in sampler for _, epoch in b)  # items are (index, epoch) for the dataset
+    batches = [[i for i, _ in b] for b in sampler]
     assert len(batches) == len(sampler) == 4  # wide: 2 + 3 (no batch of one), tall: 2 + 2
     assert sorted(i for b in batches for i in b) == list(range(9))
     for batch in batches:
         assert len({samples[i].width > samples[i].height for i in batch}) == 1
     again = GroupedBatchSampler(samples, batch_size=2, seed=3)
-    assert list(again) == batches
+    assert [[i for i, _ in b] for b in again] == batches
     again.set_epoch(1)
-    assert list(again) != batches
+    assert [[i for i, _ in b] for b in again] != batches
+    assert all(epoch == 1 for b in again for _, epoch in b)
 
 
 @pytest.mark.parametrize("wide, tall, batch_size", [(5, 4, 2), (3, 0, 2), (1, 0, 4), (7, 1, 3), (4, 4, 1)])
 def test_grouped_batches_never_hold_a_single_image_when_others_exist(wide, tall, batch_size):
     samples = [Sample(image=None, source="", width=640, height=480)] * wide + \
               [Sample(image=None, source="", width=480, height=640)] * tall
-    batches = list(GroupedBatchSampler(samples, batch_size, seed=0))
+    batches = [[i for i, _ in b] for b in GroupedBatchSampler(samples, batch_size, seed=0)]
     assert len(batches) == len(GroupedBatchSampler(samples, batch_size, seed=0))
     assert sorted(i for b in batches for i in b) == list(range(wide + tall))
     if wide + tall > 1 and batch_size > 1:

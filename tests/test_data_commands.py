@@ -73,7 +73,7 @@ def test_check_exits_non_zero_with_every_error_named(voc_copy, otxlite):
     root = voc_copy.parent
     images = sorted((root / "train").glob("*.jpg"))
     images[0].unlink()
-    images[1].write_bytes(images[1].read_bytes()[:3000])  # a truncated JPEG
+    images[1].write_bytes(b"not an image at all")
     val_xml = sorted((root / "val").glob("*.xml"))[0]
     edit(val_xml, "<name>RBC</name>", "<name>Neutrophil</name>")
     status, out, _ = otxlite("data", "check", "--data", voc_copy)
@@ -171,7 +171,13 @@ def negative_coordinate(root):
 
 def truncated_jpeg(root):
     image = first(root / "val", "*.jpg")
-    image.write_bytes(image.read_bytes()[:2000])
+    image.write_bytes(image.read_bytes()[:-20])  # decodable, as viewers show it, with its last bytes grey
+    return root / "data.yaml", [f"warning truncated: {image}: the file ends early"], 0
+
+
+def not_an_image(root):
+    image = first(root / "val", "*.jpg")
+    image.write_bytes(b"\xff\xd8 this is no JPEG")
     return root / "data.yaml", [f"ERROR unreadable image: {image}"], 1
 
 
@@ -235,6 +241,7 @@ def empty_split(root):
 
 
 @pytest.mark.parametrize("breakage", [broken_xml, empty_xml, nan_coordinate, negative_coordinate, truncated_jpeg,
+                                      not_an_image,
                                       broken_yaml, empty_yaml, broken_json, short_coco_box, csv_short_row,
                                       csv_wrong_column, csv_empty, yolo_index_beyond_names, empty_split])
 def test_each_broken_input_gets_one_clear_message_naming_the_file(voc_copy, otxlite, breakage):

@@ -5,6 +5,7 @@ from click.testing import CliRunner
 from otxlite import OtxliteError
 from otxlite.cli import cli
 from otxlite.templates import apply_overrides, find_templates, parse_params, resolve_template
+from conftest import ROOT
 
 TORCHVISION_TEMPLATES = {
     "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
@@ -46,8 +47,8 @@ def test_find_unknown_task_lists_the_known_ones():
 def test_find_searches_extra_template_dirs(tmp_path):
     folder = tmp_path / "mine" / "my_detector"
     folder.mkdir(parents=True)
-    (folder / "template.yaml").write_text(
-        "id: my_detector\nname: Mine\ntask: detection\nmodel: {architecture: ssd300_vgg16}\nhyper_parameters: {}\n")
+    template = (ROOT / "templates" / "detection" / "ssd300_vgg16" / "template.yaml").read_text()
+    (folder / "template.yaml").write_text(template.replace("id: ssd300_vgg16", "id: my_detector").replace("name: SSD300 VGG16", "name: Mine"))
     result = CliRunner().invoke(cli, ["find", "--template-dir", str(tmp_path / "mine")])
     assert result.exit_code == 0, result.output
     assert "my_detector" in result.output

@@ -2,10 +2,13 @@
 
 import io
 import math
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
 
 from otxlite import OtxliteError
 
@@ -34,14 +37,97 @@ class EmbeddedImage:
         return io.BytesIO(self.data)
 
 
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees
+FILE_ENDINGS = {".jpg": b"\xff\xd9", ".jpeg": b"\xff\xd9", ".png": b"IEND\xaeB`\x82"}
+TOLERANT_DECODING = threading.Lock()  # PIL's LOAD_TRUNCATED_IMAGES is a global switch
+
+
 def open_image(image):
-    """A PIL image (not yet decoded) from a Path or an EmbeddedImage."""
-    return Image.open(image.open() if isinstance(image, EmbeddedImage) else image)
+    """A PIL image (not yet decoded) from a Path or an EmbeddedImage.
+
+    An image over PIL's decompression-bomb limit is a DataError naming the file.
+    """
+    try:
+        return Image.open(image.open() if isinstance(image, EmbeddedImage) else image)
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{image}: too large to decode safely ({err}). Downscale the image.") from None
+
+
+def oriented_size(image):
+    """(width, height) of an opened image as viewers show it: turned upright by its EXIF orientation."""
+    width, height = image.size
+    if image.getexif().get(ImageOps.ExifTags.Base.Orientation) in TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def decode_image(image, tolerate_truncation=True):
+    """The image as annotation tools show it: RGB uint8 HxWx3, upright by its EXIF orientation.
+
+    16-bit and 32-bit integer images are scaled by their type's range (65535 -> 255), float images from
+    0..1, or from their own min..max when outside it; grayscale, palette and alpha images become RGB.
+    A truncated file raises PIL's OSError unless tolerate_truncation, when its missing end is grey.
+    """
+    try:
+        picture = load_pixels(image)
+    except OSError as err:
+        if not tolerate_truncation or "truncated" not in str(err):
+            raise
+        with TOLERANT_DECODING:
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+            try:
+                picture = load_pixels(image)
+            finally:
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+    return np.asarray(picture)
+
+
+def load_pixels(image):
+    with open_image(image) as opened:
+        opened.load()
+        upright = ImageOps.exif_transpose(opened)
+    if upright.mode in ("I", "F") or upright.mode.startswith("I;16"):
+        upright = Image.fromarray(to_8bit(np.asarray(upright)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's advice on palette transparency: converting to RGB is our intent
+        return upright.convert("RGB")
+
+
+def to_8bit(array):
+    """A single-channel integer or float array as uint8, scaled by its range rather than clamped:
+    integers by 0..65535, floats by 0..1, either by its own min..max when it leaves that range."""
+    floating = np.issubdtype(array.dtype, np.floating)
+    array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = 0.0, 1.0 if floating else 65535.0
+    if array.size and (array.min() < low or array.max() > high):
+        low, high = float(array.min()), float(array.max())
+    span = max(high - low, 1e-12)
+    return np.clip(np.round((array - low) * 255 / span), 0, 255).astype(np.uint8)
+
+
+def ends_early(image):
+    """True when a JPEG or PNG file lacks its end marker (cheap: reads the last bytes only)."""
+    name = str(image)
+    ending = FILE_ENDINGS.get(PurePath(name).suffix.lower())
+    if ending is None:
+        return False
+    if isinstance(image, EmbeddedImage):
+        tail = image.data[-1024:]
+    else:
+        with open(image, "rb") as file:
+            file.seek(0, 2)
+            file.seek(max(file.tell() - 1024, 0))
+            tail = file.read()
+    return ending not in tail
 
 
 @dataclass
 class Sample:
-    """One image (a Path or an EmbeddedImage) and its boxes (x1, y1, x2, y2 in pixels) with class names."""
+    """One image (a Path or an EmbeddedImage) and its boxes (x1, y1, x2, y2 in pixels) with class names.
+
+    An ignored box is a region COCO marks `iscrowd` or VOC `difficult`: never trained on, and a detection
+    on it is neither a true nor a false positive.
+    """
 
     image: Path | EmbeddedImage
     source: str  # the annotation file (and record) the boxes came from, for messages
@@ -51,11 +137,14 @@ class Sample:
     height: int = 0
     relative: bool = False  # boxes are fractions of the image size (YOLO) until the image's size is read
     records: list = field(default_factory=list)  # where each box is written, for messages
+    ignored: list = field(default_factory=list)  # per box: a crowd or difficult region
+    declared_size: tuple | None = None  # (width, height) the annotation states, compared with the image's
 
-    def add(self, box, name, record):
+    def add(self, box, name, record, ignored=False):
         self.boxes.append(box)
         self.classes.append(name)
         self.records.append(record)
+        self.ignored.append(bool(ignored))
 
 
 @dataclass

@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+from otxlite.files import read_text
 from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_name, images_in, parse_box
 
 log = logging.getLogger("otxlite")
@@ -38,7 +39,7 @@ def list_images(source):
                             f"point to the images (or give the labels folder as ann-files and images as data-roots).")
         return images
     if source.is_file() and source.suffix == ".txt":
-        lines = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+        lines = [line.strip() for line in read_text(source).splitlines() if line.strip()]
         return [source.parent / line for line in lines]
     raise DataError(f"{source}: not found (expected a folder of images or a .txt list of image paths).")
 
@@ -56,10 +57,7 @@ def read_label_file(image, path, names):
     sample = Sample(image, str(path), relative=True)
     if not path.is_file():
         return sample
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot read the label file ({err}).") from None
+    lines = read_text(path).splitlines()
     for number, line in enumerate(lines, 1):
         values = line.split()
         if not values:
