@@ -46,7 +46,9 @@ def split_summary(name, spec, split):
     shown = ", ".join(f"{w}x{h} ({count})" for (w, h), count in sizes[:SHOWN_SIZES])
     more = f" and {len(sizes) - SHOWN_SIZES} other sizes" if len(sizes) > SHOWN_SIZES else ""
     background = sum(not s.boxes for s in samples)
+    ignored = sum(sum(s.ignored) for s in samples)
     return [f"{name}: {spec.ann_files}",
-            f"  {len(split.samples)} images ({background} without boxes), {sum(per_class.values())} boxes",
+            f"  {len(split.samples)} images ({background} without boxes), {sum(per_class.values())} boxes, "
+            f"{ignored} of them crowd or difficult regions (not trained on, ignored when scoring)",
             "  boxes per class: " + (", ".join(f"{c} {per_class[c]}" for c in split.class_order) or "none"),
             f"  image sizes: {shown or 'none readable'}{more}"]

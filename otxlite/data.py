@@ -42,7 +42,7 @@ class SplitEntry(BaseModel):
     data_roots: str | None = Field(None, alias="data-roots")
     format: Literal[tuple(FORMATS)] | None = None
     subset: str | None = None
-    names: list[str | int] | dict[int, str | int] | None = None
+    names: list[str | int] | dict[int, str | int] | None = None  # parse_names checks them
     columns: dict[str, str] | None = None
     bbox_format: Literal["xyxy", "xywh"] | None = Field(None, alias="bbox-format")
     image_list: str | None = Field(None, alias="image-list")
@@ -146,15 +146,20 @@ def ultralytics_specs(path, config):
 
 
 def parse_names(names, path):
-    """Class names as a list: from a YAML list, or an {index: name} mapping numbered from 0; no repeats."""
+    """Class names as {index: name}: from a YAML list (indices from 0), or a mapping such as Ultralytics'
+    {0: person, 2: car} (indices may have gaps, as COCO's category ids do); no name twice."""
     if names is None:
         return None
-    if isinstance(names, dict) and sorted(names, key=str) == sorted(range(len(names)), key=str):
-        names = [names[i] for i in range(len(names))]
-    if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
-        raise OtxliteError(f"{path}: 'names' should be a list of class names (or {{0: name, 1: name, ...}}).")
-    names = [str(n) for n in names]
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    valid = isinstance(names, dict) and names and all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 and isinstance(n, (str, int)) and str(n).strip()
+        for i, n in names.items())
+    if not valid:
+        raise OtxliteError(f"{path}: 'names' should be a list of class names, or a mapping of class indices to "
+                           f"names such as {{0: person, 2: car}}.")
+    names = {i: str(n) for i, n in sorted(names.items())}
+    repeated = sorted({n for n in names.values() if list(names.values()).count(n) > 1})
     if repeated:
         raise OtxliteError(f"{path}: 'names' repeats {', '.join(repeated)}; two classes cannot share a name.")
     return names
@@ -272,7 +277,7 @@ def check_split(spec, known_classes=None, decode=False):
     """
     split = read_listed(spec)
     if not split.samples:
-        return split, [Problem("empty split", str(spec.ann_files), f"{spec.ann_files}: split '{spec.name}' "
+        return replace(split, class_order=[]), [Problem("empty split", str(spec.ann_files), f"{spec.ann_files}: split '{spec.name}' "
                                  f"has no images.", True)]
     problems = []
     for sample in split.samples:

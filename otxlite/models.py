@@ -3,9 +3,11 @@
 import importlib
 
 import torch
+import torch.onnx.operators
 import torchvision
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
 from otxlite import OtxliteError
@@ -45,24 +47,72 @@ def download_weights(name):
         ) from None
 
 
+class ExactResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform, with the resized image size computed in integers.
+
+    torchvision computes it as floor(side x scale): in double precision when PyTorch runs the model, but in
+    float32 inside an exported graph, where 320/400 becomes 0.79999995. So a 720x400 image was resized to
+    576x320 by PyTorch and to 575x319 by ONNX Runtime and OpenVINO, and every detection differed (any image
+    whose shorter side divides the input size evenly: 200, 400, 800 px at min_size 320). floor(side x num / den)
+    in integers is the same number on every backend.
+    """
+
+    def resize(self, image, target=None):
+        if self.fixed_size is not None or (self.training and self._skip_resize):
+            return super().resize(image, target)
+        height, width = image.shape[-2:]
+        min_size = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+        size = exact_resized_size(image, min_size, self.max_size)
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        if target is None:
+            return image, target
+        target["boxes"] = resize_boxes(target["boxes"], (height, width), image.shape[-2:])
+        if "masks" in target:
+            target["masks"] = torch.nn.functional.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
+        return image, target
+
+
+def exact_resized_size(image, min_size, max_size):
+    """[height, width] with the shorter side scaled to min_size, unless the longer would pass max_size, rounded
+    down: integer arithmetic on shape tensors, so an exported graph computes it the same way (and per image)."""
+    shape = torch.onnx.operators.shape_as_tensor(image)[-2:] if torchvision._is_tracing() else \
+        torch.tensor(image.shape[-2:])
+    short, long = shape.min(), shape.max()
+    by_short = min_size * long <= max_size * short
+    numerator = torch.where(by_short, torch.tensor(min_size), torch.tensor(max_size))
+    resized = shape * numerator // torch.where(by_short, short, long)
+    if torchvision._is_tracing():
+        return [resized[0], resized[1]]
+    return [int(resized[0]), int(resized[1])]
+
+
 def build_model(template, num_classes, pretrained=False):
     """The template's detector with num_classes foreground classes (torchvision adds background).
 
     With pretrained, the COCO weights the template names are loaded and the class head
     is re-initialised; a template without COCO weights gets its ImageNet backbone weights.
+    Its transform resizes with ExactResizeTransform.
     """
     spec = template["model"]
     builder = resolve_builder(spec["architecture"])
     kwargs = dict(spec.get("kwargs") or {})
     model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
-    if not pretrained:
-        return model
+    if pretrained:
+        model = pretrained_model(template, builder, kwargs, model, num_classes)
+    if type(model.transform) is GeneralizedRCNNTransform:
+        model.transform.__class__ = ExactResizeTransform
+    return model
+
+
+def pretrained_model(template, builder, kwargs, model, num_classes):
+    """The template's pretrained detector, with model's (fresh) class head."""
+    spec = template["model"]
     if spec.get("weights"):
         download_weights(spec["weights"])
-        pretrained_model = builder(weights=spec["weights"], **kwargs)
+        pretrained = builder(weights=spec["weights"], **kwargs)
         head_path = class_head_path(model)
-        set_submodule(pretrained_model, head_path, model.get_submodule(head_path))
-        return pretrained_model
+        set_submodule(pretrained, head_path, model.get_submodule(head_path))
+        return pretrained
     if spec.get("weights_backbone"):
         download_weights(spec["weights_backbone"])
         return builder(weights=None, weights_backbone=spec["weights_backbone"], num_classes=num_classes + 1, **kwargs)

@@ -1,12 +1,14 @@
 import json
+import logging
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from otxlite.cli import cli
+from otxlite.cli import cli, main
 from otxlite.data import split_specs
 from otxlite.templates import resolve_template
 from otxlite.train import train
@@ -92,3 +94,33 @@ def exported(request, tmp_path_factory):
     result = CliRunner().invoke(cli, ["export", "--load-weights", str(weights), "--output", str(root / "export")])
     assert result.exit_code == 0, result.output
     return weights, root / "export", data
+
+
+@pytest.fixture
+def otxlite(monkeypatch, capsys):
+    """Run the otxlite command in-process as a user would: (exit status, stdout, stderr)."""
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["otxlite", *map(str, args)])
+        logger = logging.getLogger("otxlite")
+        handlers = list(logger.handlers)
+        logger.handlers = []  # so the CLI adds its console handler on this test's stderr, whatever ran before
+        try:
+            main()
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+        finally:  # the CLI's console handler writes to this test's captured stderr: do not keep it
+            logger.handlers = handlers
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+    return run
+
+
+@pytest.fixture
+def voc_copy(tmp_path):
+    """Train and val as folders of XML files and images, with their data.yaml."""
+    for split, count in (("train", 4), ("val", 2)):
+        copy_voc(sample_ids(split, count), tmp_path / split, tmp_path / split)
+    data = tmp_path / "data.yaml"
+    data.write_text("data:\n  train: {ann-files: train}\n  val: {ann-files: val}\n")
+    return data

@@ -1,48 +1,15 @@
 """`otxlite data check`, `otxlite data convert`, `--val-split`, and the broken-input corpus."""
 
 import json
-import logging
 import re
-import sys
 
 import numpy as np
 import pytest
 
 from conftest import SAMPLE, copy_voc, sample_ids
 from otxlite import OtxliteError
-from otxlite.cli import main
 from otxlite.data import SplitSpec, hold_out_val, load_splits, read_data_yaml
 from otxlite.files import label_names
-
-
-@pytest.fixture
-def otxlite(monkeypatch, capsys):
-    """Run the otxlite command in-process as a user would: (exit status, stdout, stderr)."""
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["otxlite", *map(str, args)])
-        logger = logging.getLogger("otxlite")
-        handlers = list(logger.handlers)
-        logger.handlers = []  # so the CLI adds its console handler on this test's stderr, whatever ran before
-        try:
-            main()
-            status = 0
-        except SystemExit as exit:
-            status = exit.code
-        finally:  # the CLI's console handler writes to this test's captured stderr: do not keep it
-            logger.handlers = handlers
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-    return run
-
-
-@pytest.fixture
-def voc_copy(tmp_path):
-    """Train and val as folders of XML files and images, with their data.yaml."""
-    for split, count in (("train", 4), ("val", 2)):
-        copy_voc(sample_ids(split, count), tmp_path / split, tmp_path / split)
-    data = tmp_path / "data.yaml"
-    data.write_text("data:\n  train: {ann-files: train}\n  val: {ann-files: val}\n")
-    return data
 
 
 def edit(path, old, new):
@@ -231,7 +198,7 @@ def yolo_index_beyond_names(root):
     (root / "labels" / f"{image.stem}.txt").write_text("0 0.5 0.5 0.2 0.2\n3 0.5 0.5 0.2 0.2\n")
     (root / "data.yaml").write_text("names: [RBC, WBC, Platelets]\n"
                                     "data:\n  train: {ann-files: labels, data-roots: train, format: yolo}\n")
-    return root / "data.yaml", [f"{root / 'labels' / image.stem}.txt (line 2): class index 3 is outside names"], 1
+    return root / "data.yaml", [f"{root / 'labels' / image.stem}.txt (line 2): class index 3 is not in names"], 1
 
 
 def empty_split(root):

@@ -76,7 +76,7 @@ def test_yolo_background_images_polygons_and_otxlite_data_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("7 0.5 0.5 0.1 0.1", "class index 7 is outside names (0-2: WBC, RBC, Platelets)"),
+    ("7 0.5 0.5 0.1 0.1", "class index 7 is not in names (0: WBC, 1: RBC, 2: Platelets)"),
     ("0 0.5 nan 0.1 0.1", "is not four finite numbers"),
     ("0 0.5 0.5 0.1", "expected 'class cx cy w h' (5 values), got 4"),
     ("0 320 240 30 30", "are not fractions of the image size"),

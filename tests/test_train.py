@@ -117,7 +117,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_voc, small_templa
 
     again = subprocess.run([sys.executable, "-m", "otxlite", "train", "--resume", "--output", str(killed),
                             "--data", str(tiny_voc)], capture_output=True, text=True)
-    assert again.returncode == 2 and "already finished its 4 epochs" in again.stderr
+    assert again.returncode == 2 and "already finished after 4 epochs" in again.stderr
 
 
 def test_load_weights_keeps_everything_for_the_same_classes_and_resets_the_head_otherwise(

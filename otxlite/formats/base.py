@@ -156,7 +156,7 @@ class SplitSpec:
     data_roots: Path | None = None
     format: str | None = None
     subset: str | None = None  # which split of a multi-split source (VOC root, Hugging Face) to read; default: name
-    names: list | None = None  # class names for formats that number classes (YOLO, integer labels)
+    names: dict | None = None  # {class index: name} for formats that number classes (YOLO, integer labels)
     columns: dict | None = None  # table formats: {role: column name} where detection guesses wrong
     bbox_format: str | None = None  # "xyxy" or "xywh" where a format allows both
     image_list: Path | None = None  # keep only the images listed in this file (one name, stem or path a line)
@@ -191,19 +191,20 @@ def first_appearance(samples):
 
 
 def class_name(value, names, record):
-    """A class given by name, or by its index into names when names are given."""
+    """A class given by name, or by its index into names ({index: name}) when names are given."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip() if value is not None else ""
     if not text or text.lower() == "nan":
         raise DataError(f"{record}: the box has no class.")
-    if names is None or text in names:
+    if names is None or text in names.values():
         return text
     try:
         index = int(text)
     except ValueError:
-        raise DataError(f"{record}: class '{text}' is not in names ({', '.join(names)}).") from None
-    if not 0 <= index < len(names):
-        raise DataError(f"{record}: class index {index} is outside names (0-{len(names) - 1}: {', '.join(names)}). "
+        raise DataError(f"{record}: class '{text}' is not in names ({', '.join(names.values())}).") from None
+    if index not in names:
+        known = ", ".join(f"{i}: {n}" for i, n in names.items())
+        raise DataError(f"{record}: class index {index} is not in names ({known}). "
                         f"Fix the label or add the class to names.")
     return names[index]

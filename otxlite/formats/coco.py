@@ -1,6 +1,7 @@
 """COCO detection JSON: one file per split, images under data-roots (default: the JSON's folder)."""
 
 import logging
+import math
 
 from otxlite.files import read_json
 from otxlite.formats.base import DataError, Sample, Split, parse_box
@@ -73,7 +74,7 @@ def read_images(records, root, path):
                             f"Give every image its own id.")
         sample = Sample(root / image["file_name"], f"{path} (image id {image['id']})")
         width, height = image.get("width"), image.get("height")
-        if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0:
+        if all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (width, height)):
             sample.declared_size = (round(width), round(height))
         samples[key], first[key] = sample, index
     return samples

@@ -123,7 +123,7 @@ def pick_split(dataset_dict, spec, path):
 def class_label_names(feature):
     """The names of the first ClassLabel inside a (nested) datasets feature, if there is one."""
     if hasattr(feature, "names") and hasattr(feature, "str2int"):
-        return list(feature.names)
+        return dict(enumerate(feature.names))
     if isinstance(feature, dict):
         children = list(feature.values())
     elif hasattr(feature, "feature"):  # List / Sequence of something
@@ -182,7 +182,8 @@ def table_split(spec, header, rows, folder, names=None, default_layout="xyxy"):
         samples = image_rows(spec, columns, rows, folder, names, default_layout)
     else:
         samples = box_rows(spec, columns, rows, folder, names)
-    return Split(spec.name, samples, names)  # classes in the order of names when given, else first appearance
+    order = list(names.values()) if names else None  # classes in the order of names when given, else first appearance
+    return Split(spec.name, samples, order)
 
 
 def box_rows(spec, columns, rows, folder, names):

@@ -71,6 +71,6 @@ def declared_size(root):
     """(width, height) from <size>, or None when absent or not positive integers."""
     try:
         width, height = (int(float(root.findtext(f"size/{k}"))) for k in ("width", "height"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # absent, not a number, or infinite
         return None
     return (width, height) if width > 0 and height > 0 else None

@@ -23,10 +23,10 @@ def load_yolo(spec):
         images = list_images(spec.ann_files)
         samples = [read_label_file(image, ultralytics_label_path(image), spec.names) for image in images]
     used = {c for s in samples for c in s.classes}
-    unused = [n for n in spec.names if n not in used]
+    unused = [n for n in spec.names.values() if n not in used]
     if unused and used:
         log.info("%s split: names without boxes are left out: %s", spec.name, ", ".join(unused))
-    return Split(spec.name, samples, [n for n in spec.names if n in used])
+    return Split(spec.name, samples, [n for n in spec.names.values() if n in used])
 
 
 def list_images(source):
