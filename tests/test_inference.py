@@ -126,7 +126,7 @@ def test_demo_draws_boxes_in_label_colours_and_never_over_its_input(exported, na
         changed = np.abs(drawn - original).sum(axis=2) > 60
         assert changed.mean() > 0.005  # boxes and captions were drawn
         near_a_label_colour = [np.abs(drawn[changed] - c).sum(axis=1) < 60 for c in colours]
-        assert np.any(near_a_label_colour, axis=0).mean() > 0.3
+        assert np.any(near_a_label_colour, axis=0).mean() > 0.2  # the rest: caption text and its anti-aliasing
     with pytest.raises(OtxliteError, match="never writes over its input"):
         demo(path, folder, output=folder)
 

@@ -5,7 +5,11 @@ import contextlib
 import io
 import json
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
@@ -22,6 +26,7 @@ from otxlite.files import load_checkpoint
 from otxlite.formats import Sample, SplitSpec
 from otxlite.formats.base import decode_image
 from otxlite.predictors import load_predictor
+from otxlite.templates import resolve_template
 from otxlite.train import train
 
 # ---------------------------------------------------------------- images as viewers show them
@@ -182,51 +187,64 @@ def assert_same_weights(a, b):
         assert torch.equal(a[0][key], b[0][key]), key
 
 
-@pytest.fixture
-def workers_run(tmp_path, small_template, tiny_voc):
-    """train() of a small Faster R-CNN with the template's default 2 DataLoader workers, 2 batches an epoch."""
+def cli_train(template, data, output, *extra, workers=2):
+    """`otxlite train` in its own process, as a user runs it: a small Faster R-CNN, 2 batches an epoch, seed 5.
+
+    Its own process also keeps DataLoader workers from being forked out of a test process where OpenVINO
+    and NNCF threads already run.
+    """
+    return subprocess.Popen([sys.executable, "-m", "otxlite", "train", str(template), "--data", str(data), "--output",
+                             str(output), "--no-pretrained", "--seed", "5", *extra, "params",
+                             "--learning_parameters.num_iters", "3", "--learning_parameters.num_workers", str(workers),
+                             "--learning_parameters.batch_size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finished(process):
+    out, err = process.communicate()
+    assert process.returncode == 0, err
+    return err
+
+
+def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_template, tiny_voc):
     template = small_template("fasterrcnn_mobilenet_v3_large_320_fpn")
-    overrides = {"learning_parameters.num_iters": "3", "learning_parameters.num_workers": "2",
-                 "learning_parameters.batch_size": "1"}
+    finished(cli_train(template, tiny_voc, tmp_path / "a"))
+    first = weights_of(tmp_path / "a" / "weights.pth")
+    finished(cli_train(template, tiny_voc, tmp_path / "b"))
+    assert_same_weights(first, weights_of(tmp_path / "b" / "weights.pth"))
+
+    killed = cli_train(template, tiny_voc, tmp_path / "c")
+    deadline = time.time() + 300
+    while not (tmp_path / "c" / "logs" / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2: its workers have decoded and augmented part of it
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pth")["epoch"] == 1
+    err = finished(cli_train(template, tiny_voc, tmp_path / "c", "--resume"))
+    assert "Resuming fasterrcnn_mobilenet_v3_large_320_fpn from epoch 1" in err
+    assert_same_weights(first, weights_of(tmp_path / "c" / "weights.pth"))
+
+
+def test_a_kill_during_threshold_tuning_is_finished_by_resume(tmp_path, small_template, tiny_voc, monkeypatch):
+    template = str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn"))
+    overrides = {"learning_parameters.num_iters": "2"}
 
     def run(name, resume=False):
-        from otxlite.templates import resolve_template
-
-        return train(None if resume else resolve_template(str(template)), split_specs(tiny_voc), tmp_path / name,
+        return train(None if resume else resolve_template(template), split_specs(tiny_voc), tmp_path / name,
                      overrides, pretrained=False, seed=5, resume=resume)
-    return run
 
-
-def test_runs_with_default_workers_repeat_and_resume_exactly(workers_run, monkeypatch):
-    first = weights_of(workers_run("a"))
-    assert_same_weights(first, weights_of(workers_run("b")))
-
-    original = otxlite.train.train_one_epoch
-
-    def killed_in_epoch_two(model, optimizer, scheduler, scaler, loader, device, epoch, epochs):
-        if epoch == 1:
-            next(iter(loader))  # the workers have decoded (and augmented) part of the epoch
-            raise KeyboardInterrupt
-        return original(model, optimizer, scheduler, scaler, loader, device, epoch, epochs)
-
-    monkeypatch.setattr(otxlite.train, "train_one_epoch", killed_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        workers_run("c")
-    monkeypatch.setattr(otxlite.train, "train_one_epoch", original)
-    assert_same_weights(first, weights_of(workers_run("c", resume=True)))
-
-
-def test_a_kill_during_threshold_tuning_is_finished_by_resume(workers_run, monkeypatch):
-    first = weights_of(workers_run("a"))
+    first = weights_of(run("a"))
     monkeypatch.setattr(otxlite.train, "tune_threshold", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        workers_run("b")
+        run("b")
     monkeypatch.undo()
-    resumed = workers_run("b", resume=True)
+    assert "threshold_tuned" not in load_checkpoint(tmp_path / "b" / "weights.pth")
+    resumed = run("b", resume=True)
     assert load_checkpoint(resumed)["threshold_tuned"]
     assert_same_weights(first, weights_of(resumed))
     with pytest.raises(otxlite.OtxliteError, match="already finished"):
-        workers_run("b", resume=True)
+        run("b", resume=True)
 
 
 # ---------------------------------------------------------------- mixed sizes: one metric on every backend
@@ -277,13 +295,10 @@ def test_batch_composition_never_changes_pytorch_results(exported, tmp_path):
     assert specs and len(expected["scores"]) > 0
 
 
-def test_a_truncated_jpeg_trains_with_a_counted_warning(tmp_path, small_template, tiny_voc, otxlite):
+def test_a_truncated_jpeg_trains_with_a_counted_warning(tmp_path, small_template, tiny_voc):
     image = sorted((tiny_voc.parent / "train" / "images").glob("*.jpg"))[0]
     image.write_bytes(image.read_bytes()[:-20])
-    status, out, err = otxlite("train", small_template("ssdlite320_mobilenet_v3_large"), "--data", tiny_voc,
-                               "--output", tmp_path / "run", "--no-pretrained", "params",
-                               "--learning_parameters.num_iters", "1", "--learning_parameters.num_workers", "2")
-    assert status == 0, out + err
+    err = finished(cli_train(small_template("fasterrcnn_mobilenet_v3_large_320_fpn"), tiny_voc, tmp_path / "run"))
     assert f"train split: 1 truncated image(s) decoded with their missing end grey: {image}" in err
     assert (tmp_path / "run" / "weights.pth").is_file()
 
