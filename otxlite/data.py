@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from otxlite import OtxliteError
 from otxlite.files import label_names, read_text, read_yaml, write_atomic
 from otxlite.formats import FORMATS, DataError, Sample, SplitSpec, read_split
-from otxlite.formats.base import decode_image, ends_early, first_appearance, open_image, oriented_size
+from otxlite.formats.base import decode_image, decode_reporting_truncation, ends_early, first_appearance, open_image, oriented_size
 
 __all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",
            "hold_out_val", "label_schema", "load_split", "load_splits", "make_loader", "read_data_yaml",
@@ -335,13 +335,9 @@ def read_image_size(sample, decode):
         with open_image(sample.image) as image:
             sample.width, sample.height = oriented_size(image)
         if decode or ends_early(sample.image):
-            try:
-                decode_image(sample.image, tolerate_truncation=False)
-            except OSError as err:
-                if "truncated" not in str(err):
-                    raise
-                decode_image(sample.image)
-                return Problem("truncated", str(sample.image), f"{sample.image}: the file ends early ({err}); "
+            _, truncated = decode_reporting_truncation(sample.image)
+            if truncated:
+                return Problem("truncated", str(sample.image), f"{sample.image}: the file ends early ({truncated}); "
                                f"decoded with its missing part grey.", False)
     except FileNotFoundError:
         return Problem("missing image", sample.source, f"{sample.source}: image {sample.image} not found. "

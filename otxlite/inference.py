@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from otxlite import OtxliteError
 from otxlite.files import output_file, write_atomic, write_json
-from otxlite.formats.base import IMAGE_SUFFIXES, DataError, decode_image, images_in
+from otxlite.formats.base import IMAGE_SUFFIXES, DataError, decode_reporting_truncation, images_in
 from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
@@ -83,17 +83,14 @@ def decode(path):
     """An HxWx3 uint8 RGB array as viewers show the image, or the error text for a file that cannot be decoded
     (a truncated file is decoded with its missing end grey, and a warning names it)."""
     try:
-        try:
-            return decode_image(path, tolerate_truncation=False)
-        except OSError as err:
-            if "truncated" not in str(err):
-                raise
-            log.warning("%s: the file ends early (%s); decoded with its missing part grey.", path, err)
-            return decode_image(path)
+        image, truncated = decode_reporting_truncation(path)
     except DataError as err:
         return str(err).removeprefix(f"{path}: ")
     except (OSError, SyntaxError, ValueError) as err:
         return str(err)
+    if truncated:
+        log.warning("%s: the file ends early (%s); decoded with its missing part grey.", path, truncated)
+    return image
 
 
 def detect_images(predictor, files, batch_size, workers=2):

@@ -24,7 +24,7 @@ class Strict(BaseModel):
 
 class LearningParameters(Strict):
     batch_size: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    learning_rate: float = Field(ge=0, description="0 freezes the weights")
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
     num_iters: int = Field(ge=1, description="epochs")

@@ -107,7 +107,7 @@ def test_any_yolo_labels(content):
     def write(folder):
         (folder / "labels").mkdir()
         (folder / "labels" / "a.txt").write_bytes(content)
-        return SplitSpec("train", folder / "labels", folder, format="yolo", names=["cat", "dog"])
+        return SplitSpec("train", folder / "labels", folder, format="yolo", names={0: "cat", 1: "dog"})
     read_everything(write)
 
 

@@ -82,6 +82,16 @@ def decode_image(image, tolerate_truncation=True):
     return np.asarray(picture)
 
 
+def decode_reporting_truncation(image):
+    """(RGB array, None), or for a truncated file (the array with its missing end grey, PIL's message)."""
+    try:
+        return decode_image(image, tolerate_truncation=False), None
+    except OSError as err:
+        if "truncated" not in str(err):
+            raise
+        return decode_image(image), str(err)
+
+
 def load_pixels(image):
     with open_image(image) as opened:
         opened.load()
