@@ -100,9 +100,11 @@ def relative(path):
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--val-split", type=float, help="Hold out this fraction of train as val (seeded by --seed); "
               "the split is saved as OUTPUT/data.yaml for later stages.")
+@click.option("--augmentation", type=click.Choice(["template", "none"]), default="template", show_default=True,
+              help="The template's training augmentation, or none at all (not even flips).")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template ids.")
-def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, template_dir, overrides,
-          **paths):
+def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, augmentation,
+          template_dir, overrides, **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
     With --resume, TEMPLATE may be left out: the run's own template is used.
@@ -115,6 +117,8 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
         raise click.UsageError("Give a TEMPLATE (see `otxlite find`), or --resume a run.")
     setup_logging()
     resolved = None if resume else resolve_template(template, template_dir)
+    if augmentation == "none":
+        overrides = {"augmentation": "{}", **overrides}
     run_training(resolved, split_specs(data, **paths), output, overrides, pretrained=pretrained,
                  load_weights=load_weights, device=device, seed=seed, resume=resume, val_split=val_split)
 

@@ -13,9 +13,11 @@ import pydantic
 import torch
 import yaml
 from PIL import UnidentifiedImageError
+from torchvision import tv_tensors
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from otxlite import OtxliteError
+from otxlite.augment import to_model_scale
 from otxlite.files import label_names, read_text, read_yaml, write_atomic
 from otxlite.formats import FORMATS, DataError, Sample, SplitSpec, read_split
 from otxlite.formats.base import decode_image, decode_reporting_truncation, ends_early, first_appearance, open_image, oriented_size
@@ -28,6 +30,7 @@ SPLITS = ("train", "val", "test")
 SPEC_KEYS = {"ann-files": "ann_files", "data-roots": "data_roots", "format": "format", "subset": "subset",
              "names": "names", "columns": "columns", "bbox-format": "bbox_format", "image-list": "image_list"}
 PATH_KEYS = ("ann-files", "data-roots", "image-list")
+CACHE_BYTES = 512 * 2 ** 20  # decoded training images (at the model's scale) each DataLoader worker keeps
 CLIP_TOLERANCE = 1.0  # px a box may reach outside its image (rounding, 1-based VOC) before clipping is worth a warning
 
 
@@ -408,23 +411,38 @@ def load_splits(specs, schema=None):
 
 
 class DetectionDataset(torch.utils.data.Dataset):
-    """Images as uint8 CHW tensors with torchvision detection targets; flips horizontally when training.
+    """Images as uint8 CHW tensors with torchvision detection targets, augmented by pipeline when given.
 
+    Items travel as tv_tensors (Image, BoundingBoxes) through the pipeline and leave it as plain tensors.
     Training items are asked for as (index, epoch) by GroupedBatchSampler; their randomness is seeded from
     (seed, epoch, index) alone, so it does not depend on which DataLoader worker decodes them, on the number
     of workers, or on whether the run was resumed. Ignored (crowd, difficult) regions are not training targets.
     """
 
-    def __init__(self, samples, schema, train=False, seed=0):
+    def __init__(self, samples, schema, pipeline=None, input_size=None, seed=0):
         self.samples = samples
         self.label_ids = {label["name"]: label["id"] for label in schema["labels"]}
-        self.train, self.seed = train, seed
+        self.pipeline, self.seed = pipeline, seed
+        self.context = PipelineContext(self.scaled, len(samples), input_size) if pipeline else None
+        self.cache, self.cached_bytes = {}, 0
+
+    def scaled(self, index):
+        """Sample index at the model's input scale (the first step of every pipeline), kept in memory up to
+        CACHE_BYTES per worker: multi-image transforms read three more images per item."""
+        if index in self.cache:
+            return self.cache[index]
+        item = to_model_scale(*self.load(index), self.context, isotropic=True)
+        size = item[0].numel()
+        if self.cached_bytes + size <= CACHE_BYTES:
+            self.cache[index] = item
+            self.cached_bytes += size
+        return item
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+    def load(self, index):
+        """Sample index as (tv_tensors.Image, {"boxes": tv_tensors.BoundingBoxes, "labels": tensor})."""
         sample = self.samples[index]
         try:
             image = torch.from_numpy(decode_image(sample.image).copy()).permute(2, 0, 1)
@@ -433,13 +451,38 @@ class DetectionDataset(torch.utils.data.Dataset):
         trained = [i for i, ignored in enumerate(sample.ignored) if not ignored]
         boxes = torch.tensor([sample.boxes[i] for i in trained], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.label_ids[sample.classes[i]] for i in trained], dtype=torch.int64)
-        if self.train:
+        return tv_tensors.Image(image), {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY",
+                                                                           canvas_size=image.shape[-2:]),
+                                         "labels": labels}
+
+    def __getitem__(self, key):
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        image, target = self.scaled(index) if self.pipeline else self.load(index)
+        if self.pipeline:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(self.seed, epoch, index))
-                if torch.rand(()) < 0.5:
-                    image = image.flip(-1)
-                    boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
-        return image, {"boxes": boxes, "labels": labels, "image_id": index}
+                image, target = self.pipeline(image, target, self.context)
+        return image.as_subclass(torch.Tensor), {**{k: v.as_subclass(torch.Tensor) for k, v in target.items()},
+                                                 "image_id": index}
+
+
+@dataclass
+class PipelineContext:
+    """What multi-image transforms ask of the dataset: other items, their count, and the model's input scale."""
+
+    load: object
+    count: int
+    input: object = None  # models.InputSize of the model trained, or None (no rescaling)
+
+    def scale(self, height, width):
+        return min(self.input.factors(height, width)) if self.input else 1.0
+
+    def resized(self, height, width):
+        return self.input.resized(height, width) if self.input else (height, width)
+
+    @property
+    def input_side(self):
+        return self.input.side if self.input else 640
 
 
 def sample_seed(seed, epoch, index):
@@ -447,13 +490,14 @@ def sample_seed(seed, epoch, index):
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def make_loader(samples, schema, params, device, train=False, seed=0):
-    """Batches of (uint8 images, targets); training batches are shuffled, flipped and grouped by shape.
+def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=None, input_size=None):
+    """Batches of (uint8 images, targets); training batches are shuffled, augmented by pipeline and grouped by
+    shape. input_size (models.InputSize) is the model's resizing, at whose scale multi-image transforms work.
 
     The loader's own generator keeps it from drawing on the global random state, so that state (which
     the model's sampling uses) is the same whether a run started fresh or resumed.
     """
-    dataset = DetectionDataset(samples, schema, train=train, seed=seed)
+    dataset = DetectionDataset(samples, schema, pipeline if train else None, input_size, seed)
     common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
               "persistent_workers": params["num_workers"] > 0, "generator": torch.Generator().manual_seed(seed)}
     if train:

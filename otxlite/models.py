@@ -1,12 +1,13 @@
 """Building torchvision detectors from templates, and loading their weights."""
 
 import importlib
+from dataclasses import dataclass
 
 import torch
 import torch.onnx.operators
 import torchvision
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection import FCOS, FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -77,13 +78,93 @@ def exact_resized_size(image, min_size, max_size):
     down: integer arithmetic on shape tensors, so an exported graph computes it the same way (and per image)."""
     shape = torch.onnx.operators.shape_as_tensor(image)[-2:] if torchvision._is_tracing() else \
         torch.tensor(image.shape[-2:])
-    short, long = shape.min(), shape.max()
-    by_short = min_size * long <= max_size * short
-    numerator = torch.where(by_short, torch.tensor(min_size), torch.tensor(max_size))
-    resized = shape * numerator // torch.where(by_short, short, long)
+    resized = resized_shape(shape, min_size, max_size)
     if torchvision._is_tracing():
         return [resized[0], resized[1]]
     return [int(resized[0]), int(resized[1])]
+
+
+def resized_shape(shape, min_size, max_size):
+    short, long = shape.min(), shape.max()
+    by_short = min_size * long <= max_size * short
+    numerator = torch.where(by_short, torch.tensor(min_size), torch.tensor(max_size))
+    return shape * numerator // torch.where(by_short, short, long)
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """How a detector resizes an image before its backbone: to a fixed size (SSD), or the shorter side to
+    min_size with the longer at most max_size (R-CNN, RetinaNet, FCOS)."""
+
+    min_size: int
+    max_size: int
+    fixed: tuple | None = None
+
+    @classmethod
+    def of(cls, model):
+        transform = model.transform
+        return cls(transform.min_size[-1], transform.max_size,
+                   tuple(transform.fixed_size) if transform.fixed_size else None)
+
+    def resized(self, height, width):
+        if self.fixed:
+            return self.fixed
+        return tuple(int(v) for v in resized_shape(torch.tensor([height, width]), self.min_size, self.max_size))
+
+    def factors(self, height, width):
+        """(y, x) scale factors from an image of height x width to the model's input."""
+        resized_height, resized_width = self.resized(height, width)
+        return resized_height / height, resized_width / width
+
+    @property
+    def side(self):
+        return min(self.fixed) if self.fixed else self.min_size
+
+    def __str__(self):
+        return f"{self.fixed[1]}x{self.fixed[0]}" if self.fixed else f"min_size {self.min_size}, max_size {self.max_size}"
+
+
+def anchor_owner(model):
+    """(module, attribute) holding the model's anchor generator, or None for an anchor-free model (FCOS)."""
+    if isinstance(model, FCOS):
+        return None
+    for owner in (getattr(model, "rpn", None), model):
+        if isinstance(getattr(owner, "anchor_generator", None), (AnchorGenerator, DefaultBoxGenerator)):
+            return owner, "anchor_generator"
+    return None
+
+
+def anchors_of(model):
+    """The model's anchor settings as a template stores them: {sizes, aspect_ratios} (AnchorGenerator, in
+    pixels of the model's input) or {scales, aspect_ratios} (SSD's DefaultBoxGenerator, relative to it)."""
+    owner, name = anchor_owner(model)
+    generator = getattr(owner, name)
+    if isinstance(generator, DefaultBoxGenerator):
+        return {"scales": [float(s) for s in generator.scales],
+                "aspect_ratios": [[float(r) for r in level] for level in generator.aspect_ratios]}
+    return {"sizes": [[float(s) for s in level] for level in generator.sizes],
+            "aspect_ratios": [[float(r) for r in level] for level in generator.aspect_ratios]}
+
+
+def set_anchors(model, anchors):
+    """Replace the model's anchor generator by one with these settings and as many anchors per location."""
+    found = anchor_owner(model)
+    if found is None:
+        raise OtxliteError(f"model.anchors: {type(model).__name__} has no anchors to set. Remove model.anchors.")
+    owner, name = found
+    old = getattr(owner, name)
+    try:
+        if isinstance(old, DefaultBoxGenerator):
+            new = DefaultBoxGenerator(anchors["aspect_ratios"], scales=anchors["scales"], steps=old.steps,
+                                      clip=old.clip)
+        else:
+            new = AnchorGenerator(tuple(map(tuple, anchors["sizes"])), tuple(map(tuple, anchors["aspect_ratios"])))
+    except (KeyError, TypeError, ValueError) as err:
+        raise OtxliteError(f"model.anchors {anchors}: not settings for {type(old).__name__} ({err}).") from None
+    if new.num_anchors_per_location() != old.num_anchors_per_location():
+        raise OtxliteError(f"model.anchors {anchors}: gives {new.num_anchors_per_location()} anchors per location "
+                           f"where the model's head predicts {old.num_anchors_per_location()}.")
+    setattr(owner, name, new)
 
 
 def build_model(template, num_classes, pretrained=False):
@@ -91,16 +172,23 @@ def build_model(template, num_classes, pretrained=False):
 
     With pretrained, the COCO weights the template names are loaded and the class head
     is re-initialised; a template without COCO weights gets its ImageNet backbone weights.
-    Its transform resizes with ExactResizeTransform.
+    Its transform resizes with ExactResizeTransform; anchors the template stores (fitted by train) replace the
+    builder's.
     """
     spec = template["model"]
     builder = resolve_builder(spec["architecture"])
     kwargs = dict(spec.get("kwargs") or {})
-    model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+    try:
+        model = builder(weights=None, weights_backbone=None, num_classes=num_classes + 1, **kwargs)
+    except TypeError as err:
+        raise OtxliteError(f"model.kwargs {kwargs}: {spec['architecture']} does not take them ({err}). "
+                           f"Check the template's model.kwargs and params --model.kwargs.") from None
     if pretrained:
         model = pretrained_model(template, builder, kwargs, model, num_classes)
     if type(model.transform) is GeneralizedRCNNTransform:
         model.transform.__class__ = ExactResizeTransform
+    if spec.get("anchors"):
+        set_anchors(model, spec["anchors"])
     return model
 
 

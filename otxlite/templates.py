@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from otxlite import OtxliteError
+from otxlite.augment import Pipeline
 from otxlite.files import read_yaml
 
 TASKS = ("detection",)
@@ -43,9 +44,19 @@ class Postprocessing(Strict):
     result_based_confidence_threshold: bool
 
 
+class Anchors(Strict):
+    fit: bool = Field(True, description="re-cluster anchors on the training boxes when recall is low")
+    min_recall: float = Field(0.95, ge=0, le=1, description="anchor recall below which anchors are re-clustered")
+
+
 class HyperParameters(Strict):
     learning_parameters: LearningParameters
     postprocessing: Postprocessing
+    augmentation: dict[str, dict[str, Any] | bool] = Field(
+        default_factory=lambda: {"RandomHorizontalFlip": {"p": 0.5}},
+        description="training transforms in order: torchvision.transforms.v2 names (or Mosaic) with their "
+                    "arguments; true for the defaults, false to leave one out")
+    anchors: Anchors = Field(default_factory=Anchors)
 
 
 class ModelSpec(Strict):
@@ -53,6 +64,7 @@ class ModelSpec(Strict):
     weights: str | None = None
     weights_backbone: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    anchors: dict[str, list] | None = Field(None, description="anchor settings fitted by train (see anchors.py)")
 
 
 class Template(Strict):
@@ -83,6 +95,7 @@ def validated(template, source, overrides=None):
         raise OtxliteError(f"{source}: {where}: {problem['msg'].lower()}{shown}.") from None
     if "path" in template:
         checked["path"] = template["path"]
+    Pipeline(checked["hyper_parameters"]["augmentation"])  # an unknown transform or argument is an error now
     lr_steps = checked["hyper_parameters"]["learning_parameters"]["lr_steps"]
     if any(step < 1 for step in lr_steps):
         raise OtxliteError(f"{source}: lr_steps {lr_steps}: epochs count from 1.")
@@ -134,19 +147,23 @@ def resolve_template(name, extra_dirs=()):
 
 
 def apply_overrides(template, overrides):
-    """A copy of template with dotted hyper-parameter overrides applied.
+    """A copy of template with dotted overrides applied.
 
-    overrides maps keys such as 'learning_parameters.batch_size' to strings,
-    which are parsed as YAML values ('4' -> 4, 'false' -> False).
+    overrides maps keys such as 'learning_parameters.batch_size' (under hyper_parameters) or
+    'model.kwargs.min_size' to strings, which are parsed as YAML values ('4' -> 4, 'false' -> False).
+    Entries and arguments under augmentation and model.kwargs may be new; other keys must exist.
     """
     template = copy.deepcopy(template)
     for key, text in overrides.items():
         *parents, leaf = key.split(".")
-        node = template["hyper_parameters"]
+        node = template if parents and parents[0] == "model" else template["hyper_parameters"]
+        open_ended = parents[:1] == ["augmentation"] or parents == ["model", "kwargs"]
         for part in parents:
+            if open_ended and isinstance(node, dict) and not isinstance(node.get(part), dict):
+                node[part] = {}  # a new augmentation entry, or one that was `true`/`false`, gets arguments
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            known = sorted(flatten(template["hyper_parameters"]))
+        if not isinstance(node, dict) or (leaf not in node and not open_ended):
+            known = sorted(flatten(template["hyper_parameters"])) + ["model.kwargs.<argument>"]
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(known)}."
             raise OtxliteError(f"Unknown hyper-parameter '{key}'.{hint}")

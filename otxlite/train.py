@@ -12,13 +12,16 @@ import torch
 from tqdm import tqdm
 
 from otxlite import OtxliteError, __version__
+from otxlite.anchors import fit_anchors, warn_small_objects
+from otxlite.augment import Pipeline
 from otxlite.data import hold_out_val, load_splits, make_loader, require_splits
 from otxlite.evaluate import coco_map, performance_report, score
 from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, log_file, read_torch_file,
                            save_checkpoint, write_atomic, write_label_schema)
-from otxlite.models import build_model, load_state
+from otxlite.models import InputSize, build_model, load_state
 from otxlite.predictors import TorchPredictor, pick_device, predict
 from otxlite.report import plot_history
+from otxlite.visualize import draw_batch
 from otxlite.templates import apply_overrides
 
 log = logging.getLogger("otxlite")
@@ -31,8 +34,8 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
           seed=0, resume=False, val_split=None):
     """Train template on the train split, validating on val each epoch; returns the weights.pth path.
 
-    output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume)
-    and logs/ (train.log, metrics.csv, loss.png). With val_split, a seeded part of train is held out as
+    output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume),
+    train_batch.jpg (the first augmented batch) and logs/ (train.log, metrics.csv, loss.png). With val_split, a seeded part of train is held out as
     val and the split saved as output/data.yaml.
     """
     output = Path(output)
@@ -63,13 +66,22 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                  sum(len(s.boxes) for s in splits[name].samples))
 
     pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
+    if load_weights:
+        template = with_anchors_of(template, load_weights)
     torch.manual_seed(seed)
     model = build_model(template, len(schema["labels"]), pretrained=pretrained)
     if load_weights:
         start_from(model, load_weights, schema)
+    warn_small_objects(model, template, splits["train"].samples, schema)
+    if state is None and not template["model"].get("anchors"):
+        template = fit_anchors(model, template, splits["train"].samples, schema, pretrained)
     model.to(device)
 
-    train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed)
+    pipeline = Pipeline(template["hyper_parameters"]["augmentation"])
+    train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
+                               pipeline=pipeline, input_size=InputSize.of(model))
+    if state is None:
+        draw_batch(train_loader, schema, output / "train_batch.jpg")
     val_loader = make_loader(splits["val"].samples, schema, params, device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=params["learning_rate"],
                                 momentum=params["momentum"], weight_decay=params["weight_decay"])
@@ -127,6 +139,13 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     tune_threshold(output / "weights.pth", model, template, schema, splits["val"].samples, val_loader, device)
     log.info("Best val mAP@0.5 %.4f at epoch %d: %s", best["value"], best["epoch"], output / "weights.pth")
     return output / "weights.pth"
+
+
+def with_anchors_of(template, path):
+    """template with the anchors of the otxlite weights.pth at path, so its weights fit the model built."""
+    checkpoint = read_torch_file(path)
+    anchors = checkpoint.get("template", {}).get("model", {}).get("anchors") if isinstance(checkpoint, dict) else None
+    return {**template, "model": {**template["model"], "anchors": anchors}} if anchors else template
 
 
 def start_from(model, path, schema):

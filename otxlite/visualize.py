@@ -1,6 +1,11 @@
-"""Pictures of detections: boxes with label names and scores in the label schema's colours."""
+"""Pictures of detections and of training batches: boxes with label names (and scores) in the label schema's colours."""
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.v2.functional import resize
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from otxlite.files import write_atomic
 
 GROUND_TRUTH_COLOR = "#ff00ff"
 PREDICTION_COLOR = "#00d000"
@@ -61,3 +66,29 @@ def gallery(images, predictions, ground_truths, schema, threshold, columns=3, ti
             sheet.paste(tile, (column * tile_width, top))
         top += height
     return sheet
+
+
+def draw_batch(loader, schema, path, max_images=16):
+    """train_batch.jpg: the loader's first training batch as the model sees it: augmented, resized to the
+    model's input (when the dataset knows it), boxes drawn, each image padded to the batch's largest.
+    """
+    dataset, keys = loader.dataset, loader.batch_sampler.batches()[0][:max_images]
+    input_size = dataset.context.input if dataset.context else None
+    items = [dataset[key] for key in keys]
+    colors = {label["id"]: label["color"] for label in schema["labels"]}
+    names = {label["id"]: label["name"] for label in schema["labels"]}
+    tiles = []
+    for image, target in items:
+        scale_y, scale_x = input_size.factors(*image.shape[-2:]) if input_size else (1.0, 1.0)
+        size = [max(1, round(image.shape[-2] * scale_y)), max(1, round(image.shape[-1] * scale_x))]
+        labels = target["labels"].tolist()
+        if not labels:
+            tiles.append(resize(image, size))
+            continue
+        tiles.append(draw_bounding_boxes(resize(image, size), target["boxes"] * torch.tensor([scale_x, scale_y] * 2),
+                                         [names[i] for i in labels], [colors[i] for i in labels], width=2))
+    height, width = max(t.shape[-2] for t in tiles), max(t.shape[-1] for t in tiles)
+    padded = [torch.nn.functional.pad(t, (0, width - t.shape[-1], 0, height - t.shape[-2]), value=255) for t in tiles]
+    sheet = make_grid(padded, nrow=min(4, len(padded)), padding=4, pad_value=255)
+    picture = Image.fromarray(sheet.permute(1, 2, 0).numpy())
+    write_atomic(path, lambda f: picture.save(f, format="JPEG", quality=90))

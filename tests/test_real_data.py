@@ -187,8 +187,8 @@ def assert_same_weights(a, b):
         assert torch.equal(a[0][key], b[0][key]), key
 
 
-def cli_train(template, data, output, *extra, workers=2):
-    """`otxlite train` in its own process, as a user runs it: a small Faster R-CNN, 2 batches an epoch, seed 5.
+def cli_train(template, data, output, *extra, workers=2, batch_size=1):
+    """`otxlite train` in its own process, as a user runs it: 3 epochs, seed 5.
 
     Its own process also keeps DataLoader workers from being forked out of a test process where OpenVINO
     and NNCF threads already run.
@@ -196,7 +196,7 @@ def cli_train(template, data, output, *extra, workers=2):
     return subprocess.Popen([sys.executable, "-m", "otxlite", "train", str(template), "--data", str(data), "--output",
                              str(output), "--no-pretrained", "--seed", "5", *extra, "params",
                              "--learning_parameters.num_iters", "3", "--learning_parameters.num_workers", str(workers),
-                             "--learning_parameters.batch_size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--learning_parameters.batch_size", str(batch_size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -206,14 +206,18 @@ def finished(process):
     return err
 
 
-def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_template, tiny_voc):
-    template = small_template("fasterrcnn_mobilenet_v3_large_320_fpn")
-    finished(cli_train(template, tiny_voc, tmp_path / "a"))
+@pytest.mark.parametrize("template_id, batch_size", [("fasterrcnn_mobilenet_v3_large_320_fpn", 1),
+                                                     ("ssdlite320_mobilenet_v3_large", 2)])
+def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_template, tiny_voc, template_id,
+                                                             batch_size):
+    """Both templates' default augmentation (SSDlite's has Mosaic, and fits its anchors) runs in 2 workers."""
+    template = small_template(template_id)
+    finished(cli_train(template, tiny_voc, tmp_path / "a", batch_size=batch_size))
     first = weights_of(tmp_path / "a" / "weights.pth")
-    finished(cli_train(template, tiny_voc, tmp_path / "b"))
+    finished(cli_train(template, tiny_voc, tmp_path / "b", batch_size=batch_size))
     assert_same_weights(first, weights_of(tmp_path / "b" / "weights.pth"))
 
-    killed = cli_train(template, tiny_voc, tmp_path / "c")
+    killed = cli_train(template, tiny_voc, tmp_path / "c", batch_size=batch_size)
     deadline = time.time() + 300
     while not (tmp_path / "c" / "logs" / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -221,8 +225,8 @@ def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_tem
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pth")["epoch"] == 1
-    err = finished(cli_train(template, tiny_voc, tmp_path / "c", "--resume"))
-    assert "Resuming fasterrcnn_mobilenet_v3_large_320_fpn from epoch 1" in err
+    err = finished(cli_train(template, tiny_voc, tmp_path / "c", "--resume", batch_size=batch_size))
+    assert f"Resuming {template_id} from epoch 1" in err
     assert_same_weights(first, weights_of(tmp_path / "c" / "weights.pth"))
 
 
