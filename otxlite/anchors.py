@@ -54,7 +54,8 @@ class AnchorProbe:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            self.features = list(model.backbone(self.images.tensors).values())
+            features = model.backbone(self.images.tensors)
+        self.features = [features] if isinstance(features, torch.Tensor) else list(features.values())
         model.train(was_training)
         self.strides = [max(height / f.shape[-2], width / f.shape[-1]) for f in self.features]
         self.model, self.boxes, self.labels = model, boxes, labels

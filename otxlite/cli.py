@@ -60,11 +60,11 @@ def data_options(splits):
 @click.version_option(__version__, prog_name="otxlite")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error.")
 def cli(debug):
-    """otxlite: train -> eval -> export -> optimize for torchvision object detectors."""
+    """otxlite: train -> eval -> export -> optimize for torchvision object detectors and instance segmentation."""
 
 
 @cli.command()
-@click.option("--task", help="Only templates of this task (e.g. detection).")
+@click.option("--task", help="Only templates of this task (detection, instance_segmentation).")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template.yaml files.")
 def find(task, template_dir):
     """List the model templates."""
@@ -75,9 +75,10 @@ def find(task, template_dir):
         return "-" if value is None else f"{value:g}"
 
     templates = find_templates(task, template_dir)
-    header = ("TASK", "ID", "NAME", "PARAMS (M)", "GFLOPS", "COCO AP", "PATH")
+    header = ("TASK", "ID", "NAME", "PARAMS (M)", "GFLOPS", "COCO BOX AP", "COCO MASK AP", "PATH")
     click.echo(format_table(header, [
-        (t["task"], t["id"], t["name"], *(number(t.get("stats", {}).get(k)) for k in ("params_m", "gflops", "coco_box_ap")),
+        (t["task"], t["id"], t["name"],
+         *(number(t.get("stats", {}).get(k)) for k in ("params_m", "gflops", "coco_box_ap", "coco_mask_ap")),
          relative(t["path"])) for t in templates]))
 
 

@@ -4,10 +4,13 @@ import logging
 import shutil
 from pathlib import Path, PurePath
 
+from pycocotools import mask as coco_mask
+
 from otxlite.data import SplitSpec, label_schema, load_split, load_splits, write_data_yaml
 from otxlite.files import make_folder, write_json
 from otxlite.formats import EmbeddedImage
 from otxlite.formats.base import IMAGE_SUFFIXES, open_image
+from otxlite.formats.shapes import Polygons, as_text
 
 log = logging.getLogger("otxlite")
 
@@ -16,13 +19,15 @@ def convert_to_coco(specs, output):
     """OUTPUT/annotations/<split>.json, OUTPUT/images/<split>/ and OUTPUT/data.yaml over them.
 
     Boxes are written as otxlite trains on them: clipped to the image, zero-area and duplicate boxes dropped
-    (each said in a warning). Category ids follow the label schema, so the label order survives the trip.
+    (each said in a warning). Instances with a mask (polygons, RLE, mask image) get `segmentation`: polygons
+    as polygons, the others as compressed RLE; one whose shape cannot be a mask is dropped (a warning). Category
+    ids follow the label schema, so the label order survives the trip.
     """
     output = Path(output)
     if "train" in specs:
-        splits, schema = load_splits(specs)
+        splits, schema = load_splits(specs, task=None)
     else:
-        splits = {name: load_split(spec) for name, spec in specs.items()}
+        splits = {name: load_split(spec, masks=None) for name, spec in specs.items()}
         schema = label_schema(list(dict.fromkeys(c for s in splits.values() for c in s.class_order)))
     ids = {label["name"]: label["id"] for label in schema["labels"]}
     categories = [{"id": label["id"], "name": label["name"], "supercategory": "none"} for label in schema["labels"]]
@@ -35,10 +40,11 @@ def convert_to_coco(specs, output):
             file_name = unique_name(sample.image, index, used)
             copy_image(sample.image, image_dir / file_name)
             images.append({"id": index, "file_name": file_name, "width": sample.width, "height": sample.height})
-            for (x1, y1, x2, y2), class_name, ignored in zip(sample.boxes, sample.classes, sample.ignored):
+            for (x1, y1, x2, y2), class_name, ignored, shape in zip(sample.boxes, sample.classes, sample.ignored,
+                                                                    sample.shapes):
                 annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": ids[class_name],
                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                    "iscrowd": int(ignored)})
+                                    "iscrowd": int(ignored), **segmentation(shape, sample)})
         write_json(output / "annotations" / f"{name}.json",
                    {"images": images, "annotations": annotations, "categories": categories})
         written[name] = SplitSpec(name, output / "annotations" / f"{name}.json", image_dir)
@@ -46,6 +52,15 @@ def convert_to_coco(specs, output):
                  output / "annotations" / f"{name}.json")
     write_data_yaml(written, output / "data.yaml")
     return output / "data.yaml"
+
+
+def segmentation(shape, sample):
+    """{"segmentation": ..., "area": mask area} for an instance with a shape, else {}."""
+    if shape is None:
+        return {}
+    rle = shape.rle(sample.width, sample.height)
+    written = shape.parts if isinstance(shape, Polygons) else as_text(rle)
+    return {"segmentation": written, "area": float(coco_mask.area(rle))}
 
 
 def unique_name(image, index, used):

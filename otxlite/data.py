@@ -20,6 +20,8 @@ from otxlite import OtxliteError
 from otxlite.augment import to_model_scale
 from otxlite.files import label_names, read_text, read_yaml, write_atomic
 from otxlite.formats import FORMATS, DataError, Sample, SplitSpec, read_split
+from otxlite.tasks import TASKS
+from otxlite.formats.shapes import instance_masks
 from otxlite.formats.base import decode_image, decode_reporting_truncation, ends_early, first_appearance, open_image, oriented_size
 
 __all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",
@@ -269,14 +271,18 @@ def read_listed(spec):
     return replace(split, samples=kept)
 
 
-def check_split(spec, known_classes=None, decode=False):
+def check_split(spec, known_classes=None, decode=False, masks=False):
     """(split, problems): the split read, checked against its images, and cleaned.
 
     Boxes are made absolute, clipped to the image (a problem when past CLIP_TOLERANCE), and dropped when left
     with zero area or when they repeat another box of the same class; each change is a non-fatal problem, as
     are a size the annotation declares that differs from the upright image and a truncated image that still
     decodes. A missing, unreadable or oversized image, a class outside known_classes and an empty split are
-    fatal. decode=True decodes every image in full.
+    fatal. decode=True decodes every image in full. masks=True (instance segmentation) checks each instance's
+    shape: a box without one is fatal, a shape that cannot be a mask (a polygon of fewer than 3 points, zero
+    area or outside the image) drops its instance, and a mask of another size than its image is fatal.
+    masks=None checks the shapes that instances carry in the same way without requiring one (data check and
+    convert); masks=False (detection) leaves shapes unread.
     """
     split = read_listed(spec)
     if not split.samples:
@@ -295,7 +301,8 @@ def check_split(spec, known_classes=None, decode=False):
                                     f"is {sample.width}x{sample.height} upright (EXIF orientation applied, as "
                                     f"annotation tools show it); boxes are read on the upright image.", False))
         kept, seen = [], set()
-        for box, name, record, ignored in zip(sample.boxes, sample.classes, sample.records, sample.ignored):
+        for box, name, record, ignored, shape in zip(sample.boxes, sample.classes, sample.records, sample.ignored,
+                                                     sample.shapes):
             if known_classes is not None and name not in known_classes:
                 problems.append(Problem("unknown class", record, f"{record}: class '{name}' never appears in the "
                                         f"training split (training classes: {', '.join(known_classes)}). "
@@ -303,6 +310,12 @@ def check_split(spec, known_classes=None, decode=False):
                 continue
             if sample.relative:
                 box = [box[0] * sample.width, box[1] * sample.height, box[2] * sample.width, box[3] * sample.height]
+                shape = shape and shape.scaled(sample.width, sample.height)
+            if masks or (masks is None and shape is not None):
+                problem = shape_problem(shape, record, ignored, sample)
+                if problem:
+                    problems.append(problem)
+                    continue
             inside = [min(max(box[0], 0), sample.width), min(max(box[1], 0), sample.height),
                       min(max(box[2], 0), sample.width), min(max(box[3], 0), sample.height)]
             shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"
@@ -318,14 +331,29 @@ def check_split(spec, known_classes=None, decode=False):
                                         f"box of the image; dropped.", False))
                 continue
             seen.add((name, *inside))
-            kept.append((inside, name, record, ignored))
-        sample.boxes, sample.classes, sample.records, sample.ignored = \
-            (list(v) for v in zip(*kept)) if kept else ([], [], [], [])
+            kept.append((inside, name, record, ignored, shape))
+        sample.boxes, sample.classes, sample.records, sample.ignored, sample.shapes = \
+            (list(v) for v in zip(*kept)) if kept else ([], [], [], [], [])
         sample.relative = False
     present = {c for s in split.samples for c, ignored in zip(s.classes, s.ignored) if not ignored}
     order = [c for c in first_appearance(split.samples) if c in present] if split.class_order is None else \
         [c for c in split.class_order if c in present]
     return replace(split, class_order=order), problems
+
+
+def shape_problem(shape, record, ignored, sample):
+    """The Problem with an instance's shape for instance segmentation, or None."""
+    if shape is None:
+        return None if ignored else Problem("no mask", record, f"{record}: the instance has a box but no mask "
+                                            f"(polygon, RLE or mask image); instance segmentation needs one for "
+                                            f"every instance. Add it, or train a detection template.", True)
+    found = shape.problem(sample.width, sample.height)
+    if found is None:
+        return None
+    kind, why = found
+    if kind == "mask size":
+        return Problem(kind, record, f"{record}: the {shape} {why}. Masks must match their image.", True)
+    return Problem(kind, record, f"{record}: the {shape} {why}; instance dropped.", False)
 
 
 def read_image_size(sample, decode):
@@ -356,13 +384,15 @@ def read_image_size(sample, decode):
 WARNINGS = {"clipped": "clipped {count} box(es) that reached outside their image",
             "zero area": "dropped {count} box(es) with zero area (or wholly outside the image)",
             "duplicate": "dropped {count} duplicate box(es)",
+            "bad shape": "dropped {count} instance(s) whose shape cannot be a mask",
             "truncated": "{count} truncated image(s) decoded with their missing end grey",
             "size": "{count} image(s) whose size differs from the one their annotation declares"}
 
 
-def load_split(spec, known_classes=None):
-    """Load, check and clean one split: the first fatal problem is an error; the others are counted warnings."""
-    split, problems = check_split(spec, known_classes)
+def load_split(spec, known_classes=None, masks=False):
+    """Load, check and clean one split: the first fatal problem is an error; the others are counted warnings.
+    masks: the task needs instance masks (see check_split)."""
+    split, problems = check_split(spec, known_classes, masks=masks)
     fatal = [p for p in problems if p.fatal]
     if fatal:
         more = f" ({len(fatal) - 1} more problem(s) like it: `otxlite data check` lists them all.)" if len(fatal) > 1 else ""
@@ -375,12 +405,17 @@ def load_split(spec, known_classes=None):
     return split
 
 
+def declared_classes(spec, split):
+    """The classes a split declares whether it uses them or not (data.yaml names, COCO categories), or None."""
+    return list(spec.names.values()) if spec.names else split.declared
+
+
 # ---------------------------------------------------------------- label schema
 
 
-def label_schema(class_names):
+def label_schema(class_names, task="detection"):
     """The label schema for classes in order: ids from 1 (0 is background), a distinct colour each."""
-    return {"task": "detection",
+    return {"task": task,
             "labels": [{"id": i + 1, "name": name, "color": label_color(i)} for i, name in enumerate(class_names)]}
 
 
@@ -389,21 +424,36 @@ def label_color(index):
     return f"#{round(red * 255):02x}{round(green * 255):02x}{round(blue * 255):02x}"
 
 
-def load_splits(specs, schema=None):
-    """Load every split; the label schema comes from train unless one is given (e.g. by a model)."""
+def load_splits(specs, schema=None, task="detection"):
+    """Load every split for task (a name in tasks.TASKS, or None: any task, shapes checked where given); the
+    label schema comes from train unless one is given (e.g. by a model).
+
+    When train declares its classes (data.yaml `names`, COCO categories), classes that only val or test hold are
+    kept, in the declared order, with a warning that the model cannot learn them; otherwise such a class is an
+    error.
+    """
+    masks = TASKS[task].masks if task else None
+    splits = {}
     if schema is None:
         require_splits(specs, "train")
-        train = load_split(specs["train"])
+        train = splits["train"] = load_split(specs["train"], masks=masks)
         if not train.class_order:
             raise DataError(f"{specs['train'].ann_files}: the training split has no boxes.")
-        schema = label_schema(train.class_order)
-        splits = {"train": train}
+        declared = declared_classes(specs["train"], train)
+        known = declared or train.class_order
     else:
-        splits = {}
-    names = label_names(schema)
+        known = label_names(schema)
     for name, spec in specs.items():
         if name not in splits:
-            splits[name] = load_split(spec, known_classes=names)
+            splits[name] = load_split(spec, known_classes=known, masks=masks)
+    if schema is None:
+        present = {c for split in splits.values() for s in split.samples for c in s.classes}
+        order = [c for c in known if c in present and (c in train.class_order or declared)]
+        unlearned = [c for c in order if c not in train.class_order]
+        if unlearned:
+            log.warning("Classes in val or test but not in the training split, kept as train declares them; "
+                        "the model cannot learn them: %s", ", ".join(unlearned))
+        schema = label_schema(order, task or "detection")
     return splits, schema
 
 
@@ -419,8 +469,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     of workers, or on whether the run was resumed. Ignored (crowd, difficult) regions are not training targets.
     """
 
-    def __init__(self, samples, schema, pipeline=None, input_size=None, seed=0):
-        self.samples = samples
+    def __init__(self, samples, schema, pipeline=None, input_size=None, seed=0, masks=False):
+        self.samples, self.masks = samples, masks
         self.label_ids = {label["name"]: label["id"] for label in schema["labels"]}
         self.pipeline, self.seed = pipeline, seed
         self.context = PipelineContext(self.scaled, len(samples), input_size) if pipeline else None
@@ -432,7 +482,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if index in self.cache:
             return self.cache[index]
         item = to_model_scale(*self.load(index), self.context, isotropic=True)
-        size = item[0].numel()
+        size = item[0].numel() + (item[1]["masks"].numel() if self.masks else 0)
         if self.cached_bytes + size <= CACHE_BYTES:
             self.cache[index] = item
             self.cached_bytes += size
@@ -442,7 +492,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def load(self, index):
-        """Sample index as (tv_tensors.Image, {"boxes": tv_tensors.BoundingBoxes, "labels": tensor})."""
+        """Sample index as (tv_tensors.Image, {"boxes": tv_tensors.BoundingBoxes, "labels": tensor}), with
+        "masks" (tv_tensors.Mask, one uint8 mask per box) when the dataset has masks."""
         sample = self.samples[index]
         try:
             image = torch.from_numpy(decode_image(sample.image).copy()).permute(2, 0, 1)
@@ -451,9 +502,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         trained = [i for i, ignored in enumerate(sample.ignored) if not ignored]
         boxes = torch.tensor([sample.boxes[i] for i in trained], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.label_ids[sample.classes[i]] for i in trained], dtype=torch.int64)
-        return tv_tensors.Image(image), {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY",
-                                                                           canvas_size=image.shape[-2:]),
-                                         "labels": labels}
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=image.shape[-2:]),
+                  "labels": labels}
+        if self.masks:
+            shapes = [sample.shapes[i] for i in trained]
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(instance_masks(shapes, *image.shape[:0:-1])))
+        return tv_tensors.Image(image), target
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
@@ -490,14 +544,15 @@ def sample_seed(seed, epoch, index):
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=None, input_size=None):
+def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=None, input_size=None, masks=False):
     """Batches of (uint8 images, targets); training batches are shuffled, augmented by pipeline and grouped by
     shape. input_size (models.InputSize) is the model's resizing, at whose scale multi-image transforms work.
+    masks: targets hold instance masks (training an instance-segmentation model).
 
     The loader's own generator keeps it from drawing on the global random state, so that state (which
     the model's sampling uses) is the same whether a run started fresh or resumed.
     """
-    dataset = DetectionDataset(samples, schema, pipeline if train else None, input_size, seed)
+    dataset = DetectionDataset(samples, schema, pipeline if train else None, input_size, seed, masks and train)
     common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
               "persistent_workers": params["num_workers"] > 0, "generator": torch.Generator().manual_seed(seed)}
     if train:
@@ -543,7 +598,8 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
             batches += chunks
         lone = [b for b in batches if len(b) == 1 < self.batch_size] if len(batches) > 1 else []
         for batch in lone:  # a group of one image joins another group's batch
-            batches.remove(batch)
-            batches[0] += batch
+            if len(batch) == 1:  # (unless an earlier lone image joined it)
+                batches = [b for b in batches if b is not batch]
+                batches[0] += batch
         return [[(index, self.epoch) for index in batches[i]]
                 for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -2,7 +2,8 @@
 
 Needs only openvino, numpy and pillow (pip install -r requirements.txt). Prints one line per image; --json
 writes the detections as COCO results (image_id, file_name, category_id, category_name, bbox as x, y, w, h,
-score), as `otxlite predict` does. (This file is otxlite's deploy runner, copied into each package as run.py.)
+score, and for instance segmentation `segmentation` as COCO RLE), as `otxlite predict` does. (This file is
+otxlite's deploy runner, copied into each package as run.py.)
 """
 
 import argparse
@@ -14,6 +15,7 @@ import openvino
 from PIL import Image
 
 MODEL = Path(__file__).resolve().parent / "model"
+MASK_THRESHOLD = 0.5
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -29,11 +31,30 @@ class Detector:
                                         {"INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, image):
-        """HxWx3 uint8 RGB array -> boxes [N, 4] (x1, y1, x2, y2), scores [N], label ids [N]."""
+        """HxWx3 uint8 RGB array -> boxes [N, 4] (x1, y1, x2, y2), scores [N], label ids [N], and masks
+        [N, H, W] (bool) for instance segmentation, else None."""
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], np.float32) / 255
         result = self.model([tensor])
-        boxes, scores, labels = (result[output] for output in self.model.outputs)
-        return boxes.reshape(-1, 4), scores, labels
+        boxes, scores, labels, *masks = (result[output] for output in self.model.outputs)
+        kept = labels.reshape(-1) > 0  # a background row is no detection
+        masks = masks[0].reshape(len(kept), *image.shape[:2])[kept] > MASK_THRESHOLD if masks else None
+        return boxes.reshape(-1, 4)[kept], scores.reshape(-1)[kept], labels.reshape(-1)[kept], masks
+
+
+def coco_rle(mask):
+    """A bool HxW mask as COCO's compressed RLE ({"size": [h, w], "counts": str}), as pycocotools writes it."""
+    flat = mask.ravel(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1, [flat.size]])
+    counts = ([0] if flat.size and flat[0] else []) + np.diff(bounds).tolist()
+    text = []
+    for i, count in enumerate(counts):
+        value, more = count - (counts[i - 2] if i > 2 else 0), True
+        while more:
+            chunk = value & 0x1F
+            value >>= 5
+            more = value != -1 if chunk & 0x10 else value != 0
+            text.append(chr((chunk | 0x20 if more else chunk) + 48))
+    return {"size": list(mask.shape), "counts": "".join(text)}
 
 
 def image_files(path):
@@ -54,13 +75,15 @@ def main():
     records = []
     for image_id, path in enumerate(files, 1):
         with Image.open(path) as image:
-            boxes, scores, labels = detector(np.array(image.convert("RGB")))
-        kept = scores > threshold
-        for (x1, y1, x2, y2), score, label in zip(boxes[kept].tolist(), scores[kept].tolist(), labels[kept].tolist()):
+            boxes, scores, labels, masks = detector(np.array(image.convert("RGB")))
+        for i in np.flatnonzero(scores > threshold):
+            x1, y1, x2, y2 = boxes[i].tolist()
             records.append({"image_id": image_id, "file_name": path.relative_to(root).as_posix(),
-                            "category_id": int(label), "category_name": detector.labels[int(label)],
+                            "category_id": int(labels[i]), "category_name": detector.labels[int(labels[i])],
                             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(score, 5)})
+                            "score": round(float(scores[i]), 5),
+                            **({"segmentation": coco_rle(masks[i])} if masks is not None else {})})
+        kept = scores > threshold
         print(f"{path}: {int(kept.sum())} detections scoring above {threshold:g}")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from otxlite.data import load_split, make_loader, require_splits
 from otxlite.files import label_names, write_atomic, write_json
 from otxlite.formats.base import decode_image
+from otxlite.formats.shapes import Polygons
 from otxlite.metrics import THRESHOLD_GRID, detection_metrics
 from otxlite.predictors import load_predictor, predict
+from otxlite.tasks import KEY_PREFIX, task_of
 from otxlite.report import format_table, plot_f1, plot_precision_recall
 from otxlite.templates import apply_overrides
 from otxlite.visualize import gallery
@@ -38,7 +41,7 @@ def evaluate(model_path, specs, output=None, save_performance=None, overrides=No
     predictions = predict(predictor, make_loader(split.samples, predictor.schema, params, predictor.device))
     fixed = None if postprocessing["result_based_confidence_threshold"] else postprocessing["confidence_threshold"]
     performance, result = score(split.samples, predictions, predictor.schema, fixed)
-    log.info("%s", performance_report(performance, result, tuned=fixed is None))
+    log.info("%s", performance_report(performance, result, tuned=fixed is None, task=task_of(predictor.schema)))
     for path in filter(None, [save_performance, output and Path(output) / "performance.json"]):
         write_json(path, performance)
         log.info("Wrote %s", path)
@@ -61,13 +64,16 @@ def score(samples, predictions, schema, confidence_threshold=None):
     """(performance dict for performance.json, full metrics with curves) of predictions on samples.
 
     mAP figures use every detection; F1 uses detections scoring above the threshold, which is
-    tuned on these results when confidence_threshold is None.
+    tuned on these results when confidence_threshold is None. The task's IoU (box or mask) matches
+    predictions for the table and F1.
     """
+    task = task_of(schema)
     ids = {label["name"]: label["id"] for label in schema["labels"]}
     ground_truths = [{"boxes": np.asarray(s.boxes, dtype=np.float64).reshape(-1, 4),
-                      "labels": np.array([ids[c] for c in s.classes]), "ignored": np.array(s.ignored, bool)}
+                      "labels": np.array([ids[c] for c in s.classes]), "ignored": np.array(s.ignored, bool),
+                      **({"rles": sample_rles(s)} if task.masks else {})}
                      for s in samples]
-    result = detection_metrics(ground_truths, predictions, list(ids.values()), confidence_threshold)
+    result = detection_metrics(ground_truths, predictions, list(ids.values()), confidence_threshold, task.overlaps)
     names = {label["id"]: label["name"] for label in schema["labels"]}
     performance = {
         "f-measure": result["f_measure"],
@@ -79,20 +85,37 @@ def score(samples, predictions, schema, confidence_threshold=None):
     return performance, result
 
 
+def sample_rles(sample):
+    """COCO RLEs of a sample's instances; an ignored region without a shape is its box."""
+    shapes = [shape or Polygons([[x1, y1, x2, y1, x2, y2, x1, y2]])
+              for shape, (x1, y1, x2, y2) in zip(sample.shapes, sample.boxes)]
+    return [shape.rle(sample.width, sample.height) for shape in shapes]
+
+
 def none_if_nan(value):
     return None if isinstance(value, float) and np.isnan(value) else value
 
 
-def performance_report(performance, result, tuned):
-    """The per-class table, the headline figures, and which threshold each one uses."""
+def headline_figures(figures, task, digits=4):
+    """'mAP@0.5 x  mAP@[.5:.95] y' for each of the task's iou types, masks first ('mask mAP@0.5 ...  box ...')."""
+    named = len(task.iou_types) > 1
+    return "  ".join(f"{'mask ' if iou_type == 'segm' else 'box ' if named else ''}"
+                     f"mAP@0.5 {figures[KEY_PREFIX[iou_type] + 'map_50']:.{digits}f}  "
+                     f"mAP@[.5:.95] {figures[KEY_PREFIX[iou_type] + 'map_50_95']:.{digits}f}"
+                     for iou_type in task.iou_types)
+
+
+def performance_report(performance, result, tuned, task):
+    """The per-class table (AP by the task's IoU), the headline figures, and which threshold each one uses."""
     def cell(value):
         return "-" if value is None else f"{value:.3f}"
 
     rows = [(name, c["gts"], c["dets"], cell(c["recall"]), cell(c["ap"])) for name, c in performance["per_class"].items()]
-    table = format_table(("class", "gts", "dets", "recall", "ap"), rows, [("mAP", "", "", "", f"{result['map']:.3f}")])
+    ap = f"{task.unit}ap"
+    table = format_table(("class", "gts", "dets", "recall", ap), rows, [("mAP", "", "", "", f"{result['map']:.3f}")])
     how = "tuned on these results" if tuned else "fixed"
     return (f"\n{table}\n"
-            f"mAP@0.5 {performance['map_50']:.3f}  mAP@[.5:.95] {performance['map_50_95']:.3f}  "
+            f"{headline_figures(performance, task, 3)}  "
             f"F1 {performance['f-measure']:.3f} at confidence threshold {performance['confidence_threshold']:g}\n"
             f"mAP and the table use all detections the model returns; F1 uses detections scoring above "
             f"{performance['confidence_threshold']:g} ({how}).")
@@ -116,17 +139,19 @@ def save_gallery(samples, predictions, schema, threshold, path, count=6):
 
 
 def coco_ground_truth(samples, schema):
-    """A pycocotools COCO object holding the samples' boxes, image ids being sample positions.
-
-    Ignored regions (COCO crowd, VOC difficult) are crowd regions to pycocotools.
+    """A pycocotools COCO object holding the samples' boxes (and, for tasks with masks, their RLEs), image ids
+    being sample positions. Ignored regions (COCO crowd, VOC difficult) are crowd regions to pycocotools.
     """
+    masks = task_of(schema).masks
     ids = {label["name"]: label["id"] for label in schema["labels"]}
     annotations = []
     for image_id, sample in enumerate(samples):
-        for (x1, y1, x2, y2), name, ignored in zip(sample.boxes, sample.classes, sample.ignored):
+        rles = sample_rles(sample) if masks else [None] * len(sample.boxes)
+        for (x1, y1, x2, y2), name, ignored, rle in zip(sample.boxes, sample.classes, sample.ignored, rles):
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": ids[name],
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                "iscrowd": int(ignored)})
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(ignored),
+                                "area": float(coco_mask.area(rle)) if masks else (x2 - x1) * (y2 - y1),
+                                **({"segmentation": rle} if masks else {})})
     coco = COCO()
     coco.dataset = {"images": [{"id": i, "width": s.width, "height": s.height} for i, s in enumerate(samples)],
                     "annotations": annotations,
@@ -136,18 +161,35 @@ def coco_ground_truth(samples, schema):
     return coco
 
 
-def coco_map(samples, predictions, schema):
-    """{'map_50', 'map_50_95'} over all detections, by pycocotools."""
-    rows = [[image_id, *box[:2], *(box[2:] - box[:2]), score, label]
+def coco_results(predictions):
+    """The predictions as pycocotools results, image ids being positions: bbox as x, y, w, h, and
+    segmentation (RLE) where predictions carry masks."""
+    return [{"image_id": image_id, "category_id": int(label), "score": float(score),
+             "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+             **({"segmentation": p["rles"][i]} if "rles" in p else {})}
             for image_id, p in enumerate(predictions)
-            for box, score, label in zip(p["boxes"], p["scores"], p["labels"])]
-    if not rows:
-        return {"map_50": 0.0, "map_50_95": 0.0}
-    ground_truth = coco_ground_truth(samples, schema)
-    with contextlib.redirect_stdout(io.StringIO()):
-        detections = ground_truth.loadRes(np.array(rows, dtype=np.float64))
-        evaluator = COCOeval(ground_truth, detections, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {"map_50": max(float(evaluator.stats[1]), 0.0), "map_50_95": max(float(evaluator.stats[0]), 0.0)}
+            for i, (box, score, label) in enumerate(zip(p["boxes"], p["scores"], p["labels"]))]
+
+
+def coco_map(samples, predictions, schema):
+    """mAP@0.5 and mAP@[.5:.95] over all detections, by pycocotools, for each of the task's iou types:
+    {'map_50', 'map_50_95'} (boxes) and, with masks, {'segm_map_50', 'segm_map_50_95'}."""
+    task = task_of(schema)
+    results = coco_results(predictions)
+    figures = {}
+    for iou_type in task.iou_types:
+        prefix = KEY_PREFIX[iou_type]
+        figures[f"{prefix}map_50"], figures[f"{prefix}map_50_95"] = 0.0, 0.0
+        if not results:
+            continue
+        ground_truth = coco_ground_truth(samples, schema)
+        other = "segmentation" if iou_type == "bbox" else "bbox"  # loadRes derives area and box from what is left
+        with contextlib.redirect_stdout(io.StringIO()):
+            detections = ground_truth.loadRes([{k: v for k, v in r.items() if k != other} for r in results])
+            evaluator = COCOeval(ground_truth, detections, iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        figures[f"{prefix}map_50"] = max(float(evaluator.stats[1]), 0.0)
+        figures[f"{prefix}map_50_95"] = max(float(evaluator.stats[0]), 0.0)
+    return figures

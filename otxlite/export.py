@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from otxlite import OtxliteError, __version__
+from otxlite.tasks import task_of
 from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
                            write_label_schema)
 from otxlite.models import model_from_checkpoint
@@ -22,18 +23,19 @@ FORMATS = ("onnx", "openvino")
 
 
 class ExportWrapper(torch.nn.Module):
-    """[1, 3, H, W] RGB in 0..1 -> boxes [N, 4] in the image's pixels, scores [N], labels [N].
+    """[1, 3, H, W] RGB in 0..1 -> the task's outputs: boxes [N, 4] in the image's pixels, scores [N], labels [N],
+    and for instance segmentation masks [N, 1, H, W] (probabilities, pasted into the image).
 
-    Resizing, normalisation, box decoding and NMS are the torchvision model's own, inside the graph.
+    Resizing, normalisation, box decoding, NMS and mask pasting are the torchvision model's own, inside the graph.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, outputs):
         super().__init__()
-        self.model = model
+        self.model, self.outputs = model, outputs
 
     def forward(self, image):
         output = self.model([image[0]])[0]
-        return output["boxes"], output["scores"], output["labels"]
+        return tuple(output[name] for name in self.outputs)
 
 
 def model_metadata(checkpoint):
@@ -60,11 +62,12 @@ def export(weights, output, formats=FORMATS, precision="FP32"):
     if precision not in ("FP32", "FP16"):
         raise OtxliteError(f"--precision {precision}: use FP32 or FP16.")
     make_folder(output)
-    model = ExportWrapper(model_from_checkpoint(checkpoint, weights)).eval()
+    outputs = task_of(schema).outputs
+    model = ExportWrapper(model_from_checkpoint(checkpoint, weights), outputs).eval()
     metadata = model_metadata(checkpoint)
     onnx_path = output / "model.onnx"
     log.info("Exporting %s to ONNX (opset %d)", weights, OPSET)
-    export_onnx(model, onnx_path, metadata)
+    export_onnx(model, onnx_path, metadata, outputs)
     written = [onnx_path]
     if "openvino" in formats:
         written.append(export_openvino(onnx_path, output / "openvino.xml", metadata, precision))
@@ -96,17 +99,33 @@ def batched_nms_without_branch(boxes, scores, idxs, iou_threshold):
     return torchvision.ops.nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def export_onnx(model, path, metadata):
+def decode_without_branch(self, rel_codes, boxes):
+    """torchvision's BoxCoder.decode without its Python branch on the number of boxes.
+
+    Traced on an image where the model proposes nothing (a well-trained detector on the random export input:
+    every objectness under rpn_score_thresh), torchvision's version skips its reshape to [boxes, classes, 4],
+    and the graph then breaks on every image with proposals (ONNX Runtime: "cannot reshape {150,15} to
+    {-1,4}"). rel_codes is [boxes, 4 x classes] in every torchvision caller, so the shapes are known.
+    """
+    concat_boxes = torch.cat(boxes, dim=0)
+    pred_boxes = self.decode_single(rel_codes, concat_boxes)
+    return pred_boxes.reshape(concat_boxes.shape[0], rel_codes.shape[-1] // 4, 4)
+
+
+def export_onnx(model, path, metadata, outputs):
     import onnx
 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(), mock.patch(
-            "torchvision.ops.boxes._batched_nms_coordinate_trick", batched_nms_without_branch):
+            "torchvision.ops.boxes._batched_nms_coordinate_trick", batched_nms_without_branch), mock.patch(
+            "torchvision.models.detection._utils.BoxCoder.decode", decode_without_branch):
         warnings.simplefilter("ignore")  # torchvision's tracer warnings are expected and harmless here
         torch.onnx.export(model, (torch.rand(1, 3, 480, 640),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=["boxes", "scores", "labels"],
-                          dynamic_axes={"image": {2: "height", 3: "width"}, "boxes": {0: "detections"},
-                                        "scores": {0: "detections"}, "labels": {0: "detections"}})
+                          input_names=["image"], output_names=list(outputs),
+                          dynamic_axes={"image": {2: "height", 3: "width"},
+                                        **{name: {0: "detections"} for name in outputs},
+                                        **({"masks": {0: "detections", 2: "height", 3: "width"}}
+                                           if "masks" in outputs else {})})
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

@@ -1,4 +1,5 @@
-"""`otxlite predict`: detections for an image or a folder of images, as COCO results JSON or CSV."""
+"""`otxlite predict`: detections (with RLE masks for instance segmentation) for an image or a folder of images,
+as COCO results JSON or CSV."""
 
 import csv
 import io
@@ -12,6 +13,7 @@ from tqdm import tqdm
 from otxlite import OtxliteError
 from otxlite.files import output_file, write_atomic, write_json
 from otxlite.formats.base import IMAGE_SUFFIXES, DataError, decode_reporting_truncation, images_in
+from otxlite.formats.shapes import as_text
 from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
@@ -33,10 +35,10 @@ def predict_files(model_path, input_path, output, output_format=None, threshold=
     records, started = [], time.perf_counter()
     progress = tqdm(detect_images(predictor, files, batch_size), total=len(files), unit="image", disable=None)
     for index, path, _, found in progress:
-        for box, score, label in zip(found["boxes"], found["scores"], found["labels"]):
+        for i, (box, score, label) in enumerate(zip(found["boxes"], found["scores"], found["labels"])):
             if score > threshold:
                 records.append(detection_record(index + 1, path.relative_to(root).as_posix(), box, score,
-                                                int(label), names))
+                                                int(label), names, found["rles"][i] if "rles" in found else None))
     seconds = time.perf_counter() - started
     if output_format == "csv":
         write_csv(output, records)
@@ -47,10 +49,12 @@ def predict_files(model_path, input_path, output, output_format=None, threshold=
     return output
 
 
-def detection_record(image_id, file_name, box, score, label, names):
+def detection_record(image_id, file_name, box, score, label, names, rle=None):
+    """One COCO result; with an instance mask, its `segmentation` as RLE (counts as text, as pycocotools reads it)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     return {"image_id": image_id, "file_name": file_name, "category_id": label, "category_name": names[label],
-            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(float(score), 5)}
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)], "score": round(float(score), 5),
+            **({"segmentation": as_text(rle)} if rle is not None else {})}
 
 
 def write_csv(path, records):

@@ -1,15 +1,17 @@
-"""Detection metrics at one IoU threshold: matching, per-class AP, and micro F1 against confidence.
+"""Detection and instance-segmentation metrics at one IoU threshold (box or mask IoU): matching, per-class
+AP, and micro F1 against confidence.
 
 Everything is vectorised with numpy. Matching is COCO's: within each image and class, detections
 in descending score order each take the unmatched ground truth of highest IoU (at least the IoU
 threshold). A detection's match never depends on lower-scored detections, so one matching pass
 gives the true positives for every confidence threshold at once. Ignored ground truth (COCO crowd,
 VOC difficult) is handled as pycocotools handles crowd regions: a detection that matches no other
-ground truth but covers an ignored box (intersection over the detection's own area at least the
-threshold) is left out, neither a true nor a false positive; ignored boxes count as no ground truth.
+ground truth but covers an ignored region (intersection over the detection's own area at least the
+threshold) is left out, neither a true nor a false positive; ignored regions count as no ground truth.
 """
 
 import numpy as np
+from pycocotools import mask as coco_mask
 
 IOU_THRESHOLD = 0.5
 THRESHOLD_GRID = np.round(np.arange(1, 40) * 0.025, 3)  # 0.025, 0.05, ..., 0.975
@@ -45,24 +47,41 @@ def ignored_mask(ground_truth):
     return np.asarray(ground_truth.get("ignored", np.zeros(len(ground_truth["labels"]))), dtype=bool).reshape(-1)
 
 
-def match(ground_truths, predictions, iou_threshold=IOU_THRESHOLD):
+def box_overlaps(detections, ground_truth):
+    """[D, G] IoU of an image's detections with its ground-truth boxes; for ignored boxes, intersection over
+    the detection's area (pycocotools' crowd rule)."""
+    detected = np.asarray(detections["boxes"], dtype=np.float64).reshape(-1, 4)
+    truth = np.asarray(ground_truth["boxes"], dtype=np.float64).reshape(-1, 4)
+    return np.where(ignored_mask(ground_truth), box_iou(detected, truth, crowd=True), box_iou(detected, truth))
+
+
+def mask_overlaps(detections, ground_truth):
+    """[D, G] mask IoU of an image's detections ('rles') with its ground truth ('rles'), crowd rule as above."""
+    if not len(detections["rles"]) or not len(ground_truth["rles"]):
+        return np.zeros((len(detections["rles"]), len(ground_truth["rles"])))
+    return np.asarray(coco_mask.iou(list(detections["rles"]), list(ground_truth["rles"]),
+                                    ignored_mask(ground_truth).astype(np.uint8).tolist()), dtype=np.float64)
+
+
+def match(ground_truths, predictions, overlaps=box_overlaps, iou_threshold=IOU_THRESHOLD):
     """Match predictions to ground truths image by image.
 
-    ground_truths and predictions are lists (one entry per image) of dicts with 'boxes' [N, 4] and
-    'labels' [N] (ground truths optionally 'ignored' [N], predictions also 'scores' [N]). Returns flat
-    arrays over the predictions that are not left out on ignored regions: scores, labels, is_true_positive.
+    ground_truths and predictions are lists (one entry per image) of dicts with 'labels' [N] and what overlaps
+    reads ('boxes' [N, 4], or 'rles' for masks; ground truths optionally 'ignored' [N], predictions also
+    'scores' [N]). overlaps(detections, ground_truth) gives one image's [D, G] IoU matrix. Returns flat arrays
+    over the predictions that are not left out on ignored regions: scores, labels, is_true_positive.
     """
-    gt_boxes = pad([g["boxes"] for g in ground_truths], (4,), 0)
     gt_labels = pad([g["labels"] for g in ground_truths], (), -1)
     gt_ignored = pad([ignored_mask(g) for g in ground_truths], (), 0).astype(bool)
     order = [np.argsort(-np.asarray(p["scores"]), kind="mergesort") for p in predictions]
-    boxes = pad([np.asarray(p["boxes"]).reshape(-1, 4)[o] for p, o in zip(predictions, order)], (4,), 0)
     labels = pad([np.asarray(p["labels"])[o] for p, o in zip(predictions, order)], (), -2)
     scores = pad([np.asarray(p["scores"])[o] for p, o in zip(predictions, order)], (), np.nan)
-
-    iou = box_iou(boxes, gt_boxes)  # [images, detections, ground truths]
+    overlap = np.full((*labels.shape, gt_labels.shape[1]), -1.0)  # [images, detections, ground truths]
+    for image, (p, g, o) in enumerate(zip(predictions, ground_truths, order)):
+        matrix = overlaps(sorted_by(p, o), g)
+        overlap[image, :matrix.shape[0], :matrix.shape[1]] = matrix
     other_class = labels[:, :, None] != gt_labels[:, None, :]
-    iou[other_class | gt_ignored[:, None, :]] = -1
+    iou = np.where(other_class | gt_ignored[:, None, :], -1, overlap)
     taken = np.zeros(gt_labels.shape, dtype=bool)
     true_positive = np.zeros(labels.shape, dtype=bool)
     rows = np.arange(len(labels))
@@ -74,11 +93,15 @@ def match(ground_truths, predictions, iou_threshold=IOU_THRESHOLD):
         hit = candidates[rows, best] >= iou_threshold
         true_positive[:, rank] = hit
         taken[rows[hit], best[hit]] = True
-    cover = box_iou(boxes, gt_boxes, crowd=True)
-    cover[other_class | ~gt_ignored[:, None, :]] = -1
+    cover = np.where(other_class | ~gt_ignored[:, None, :], -1, overlap)
     on_ignored = ~true_positive & (cover.max(axis=2, initial=-1) >= iou_threshold)
     kept = ~np.isnan(scores) & ~on_ignored
     return scores[kept], labels[kept].astype(int), true_positive[kept]
+
+
+def sorted_by(prediction, order):
+    """A prediction's per-detection entries in the given order."""
+    return {k: [v[i] for i in order] if isinstance(v, list) else np.asarray(v)[order] for k, v in prediction.items()}
 
 
 def average_precision(scores, true_positive, num_ground_truths):
@@ -116,13 +139,14 @@ def best_threshold(f1, thresholds=THRESHOLD_GRID):
     return float(thresholds[index]), float(f1[index])
 
 
-def detection_metrics(ground_truths, predictions, class_ids, confidence_threshold=None):
-    """Per-class AP/recall table, mAP, and micro F1 at a given or tuned confidence threshold.
+def detection_metrics(ground_truths, predictions, class_ids, confidence_threshold=None, overlaps=box_overlaps):
+    """Per-class AP/recall table, mAP, and micro F1 at a given or tuned confidence threshold, predictions
+    matched by overlaps (box_overlaps or mask_overlaps).
 
     Every figure but F1 uses all detections; F1 uses those scoring above the threshold.
     Classes without ground truth get AP nan and are left out of the mAP, as in COCO.
     """
-    scores, labels, true_positive = match(ground_truths, predictions)
+    scores, labels, true_positive = match(ground_truths, predictions, overlaps)
     gt_labels = np.concatenate([np.asarray(g["labels"]).reshape(-1)[~ignored_mask(g)] for g in ground_truths]
                                or [np.zeros(0)])
     per_class = {}

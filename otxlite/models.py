@@ -1,4 +1,4 @@
-"""Building torchvision detectors from templates, and loading their weights."""
+"""Building torchvision detection and instance-segmentation models from templates, and loading their weights."""
 
 import importlib
 from dataclasses import dataclass
@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 import torch.onnx.operators
 import torchvision
-from torchvision.models.detection import FCOS, FasterRCNN
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN
+from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
@@ -14,8 +15,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from otxlite import OtxliteError
 from otxlite.files import label_names
 
-# Where each detector family keeps the layers whose shape depends on the number of classes.
-CLASS_HEAD_PATHS = ("roi_heads.box_predictor", "head.classification_head")
+# Where each model family keeps the layers whose shape depends on the number of classes (Mask R-CNN: two).
+CLASS_HEAD_PATHS = ("roi_heads.box_predictor", "roi_heads.mask_predictor", "head.classification_head")
 # Buffers that torchvision's FrozenBatchNorm2d (used with pretrained backbones) lacks; harmless when absent.
 OPTIONAL_KEYS = ("num_batches_tracked",)
 
@@ -198,8 +199,8 @@ def pretrained_model(template, builder, kwargs, model, num_classes):
     if spec.get("weights"):
         download_weights(spec["weights"])
         pretrained = builder(weights=spec["weights"], **kwargs)
-        head_path = class_head_path(model)
-        set_submodule(pretrained, head_path, model.get_submodule(head_path))
+        for head_path in class_head_paths(model):
+            set_submodule(pretrained, head_path, model.get_submodule(head_path))
         return pretrained
     if spec.get("weights_backbone"):
         download_weights(spec["weights_backbone"])
@@ -207,14 +208,18 @@ def pretrained_model(template, builder, kwargs, model, num_classes):
     raise OtxliteError(f"Template {template['id']} names no pretrained weights; pass --no-pretrained.")
 
 
-def class_head_path(model):
+def class_head_paths(model):
+    """The model's class heads (those of CLASS_HEAD_PATHS it has)."""
+    paths = []
     for path in CLASS_HEAD_PATHS:
         try:
             model.get_submodule(path)
-            return path
         except AttributeError:
             continue
-    raise OtxliteError(f"{type(model).__name__} has none of the class heads otxlite knows: {CLASS_HEAD_PATHS}.")
+        paths.append(path)
+    if not paths:
+        raise OtxliteError(f"{type(model).__name__} has none of the class heads otxlite knows: {CLASS_HEAD_PATHS}.")
+    return tuple(paths)
 
 
 def set_submodule(model, path, module):
@@ -223,19 +228,19 @@ def set_submodule(model, path, module):
 
 
 def load_state(model, state_dict, source, keep_class_head=True):
-    """Load state_dict into model; without keep_class_head, the class head keeps its fresh weights.
+    """Load state_dict into model; without keep_class_head, the class heads keep their fresh weights.
 
     Any other missing or mismatching tensor is an error naming source.
     """
-    head_path = class_head_path(model)
+    heads = tuple(f"{path}." for path in class_head_paths(model))
     if not keep_class_head:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(head_path + ".")}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
     own = model.state_dict()
     mismatched = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     result = model.load_state_dict({k: v for k, v in state_dict.items() if k not in mismatched}, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(OPTIONAL_KEYS)]
     if not keep_class_head:
-        missing = [k for k in missing if not k.startswith(head_path + ".")]
+        missing = [k for k in missing if not k.startswith(heads)]
     unexpected = [k for k in result.unexpected_keys if not k.endswith(OPTIONAL_KEYS)]
     if mismatched or missing or unexpected:
         problems = mismatched[:3] + missing[:3] + unexpected[:3]
@@ -266,3 +271,26 @@ def fasterrcnn_mobilenet_v2(num_classes, weights=None, weights_backbone=None,
     roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
     return FasterRCNN(backbone, num_classes=num_classes, rpn_anchor_generator=anchor_generator,
                       box_roi_pool=roi_pool, **kwargs)
+
+
+def maskrcnn_mobilenet_v3_large_fpn(num_classes, weights=None, weights_backbone=None, trainable_backbone_layers=None,
+                                    **kwargs):
+    """Mask R-CNN on MobileNetV3-Large FPN features, sized for CPUs: torchvision's
+    fasterrcnn_mobilenet_v3_large_fpn (its backbone, anchors and RPN settings) with a mask head.
+
+    Templates reach it as 'otxlite.models:maskrcnn_mobilenet_v3_large_fpn'.
+    """
+    if weights is not None:
+        raise OtxliteError("maskrcnn_mobilenet_v3_large_fpn has no COCO weights; only weights_backbone can be "
+                           "pretrained.")
+    backbone = torchvision.models.mobilenet_v3_large(weights=weights_backbone,
+                                                     norm_layer=torchvision.ops.misc.FrozenBatchNorm2d
+                                                     if weights_backbone else torch.nn.BatchNorm2d)
+    if trainable_backbone_layers is None:
+        trainable_backbone_layers = 3 if weights_backbone else 6  # torchvision's defaults
+    backbone = _mobilenet_extractor(backbone, True, trainable_backbone_layers)
+    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+    aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+    defaults = {"min_size": 800, "max_size": 1333, "rpn_score_thresh": 0.05}
+    return MaskRCNN(backbone, num_classes=num_classes,
+                    rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios), **{**defaults, **kwargs})

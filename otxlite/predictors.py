@@ -1,4 +1,5 @@
-"""One predictor interface over every model file: RGB images in, detections in image pixels out."""
+"""One predictor interface over every model file: RGB images in, detections (and instance masks) in image
+pixels out."""
 
 import json
 import statistics
@@ -10,6 +11,7 @@ import torch
 
 from otxlite import OtxliteError
 from otxlite.files import load_weights, read_label_schema
+from otxlite.tasks import as_detections, task_of
 
 METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
 
@@ -28,12 +30,13 @@ class TorchPredictor:
 
     @torch.inference_mode()
     def __call__(self, images):
-        """images: HxWx3 uint8 RGB arrays -> [{'boxes' [N, 4] xyxy, 'scores' [N], 'labels' [N] (schema ids)}]."""
+        """images: HxWx3 uint8 RGB arrays -> [{'boxes' [N, 4] xyxy, 'scores' [N], 'labels' [N] (schema ids),
+        and for tasks with masks 'rles' [N] (COCO RLE)}]."""
         results = [None] * len(images)
         for indices in same_size_groups(images):
             tensors = [torch.tensor(images[i]).permute(2, 0, 1).to(self.device).float().div_(255) for i in indices]
             for i, output in zip(indices, self.model(tensors)):
-                results[i] = {k: output[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")}
+                results[i] = as_detections({k: v.float().cpu().numpy() for k, v in output.items()})
         return results
 
 
@@ -66,15 +69,14 @@ class ExportedPredictor:
         self.confidence_threshold = float(metadata["confidence_threshold"])
         self.template = json.loads(metadata["template"])
         self.device = device
+        self.outputs = task_of(self.schema).outputs
 
     def __call__(self, images):
-        return [detections(self.run(exported_input(image))) for image in images]
+        return [self.detections(self.run(exported_input(image))) for image in images]
 
-
-def detections(outputs):
-    """An exported model's (boxes, scores, labels) outputs as a detections dict."""
-    boxes, scores, labels = outputs
-    return {"boxes": boxes.reshape(-1, 4), "scores": scores, "labels": labels}
+    def detections(self, outputs):
+        """An exported model's outputs (in the task's order) as a detections dict."""
+        return as_detections(dict(zip(self.outputs, outputs)))
 
 
 def exported_input(image):
@@ -135,7 +137,7 @@ class OpenVinoPredictor(ExportedPredictor):
         results = [None] * len(images)
 
         def collect(request, index):
-            results[index] = detections([request.get_tensor(output).data.copy() for output in self.compiled.outputs])
+            results[index] = self.detections([request.get_tensor(output).data.copy() for output in self.compiled.outputs])
 
         self.requests.set_callback(collect)
         for index, image in enumerate(images):

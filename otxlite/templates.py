@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from otxlite import OtxliteError
 from otxlite.augment import Pipeline
 from otxlite.files import read_yaml
+from otxlite.tasks import TASKS
 
-TASKS = ("detection",)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # Installed wheels carry the templates inside the package; a source checkout has them beside it.
 BUILTIN_TEMPLATE_DIRS = (PACKAGE_DIR / "templates", PACKAGE_DIR.parent / "templates")
@@ -70,7 +70,7 @@ class ModelSpec(Strict):
 class Template(Strict):
     id: str
     name: str
-    task: Literal[TASKS]
+    task: Literal[tuple(TASKS)]
     model: ModelSpec
     stats: dict[str, float | None] = Field(default_factory=dict)
     hyper_parameters: HyperParameters

@@ -1,4 +1,5 @@
-"""`otxlite train`: fine-tune a template's detector, keeping the best epoch as weights.pth."""
+"""`otxlite train`: fine-tune a template's model, keeping the best epoch (by the task's headline val mAP@0.5)
+as weights.pth."""
 
 import contextlib
 import csv
@@ -15,17 +16,17 @@ from otxlite import OtxliteError, __version__
 from otxlite.anchors import fit_anchors, warn_small_objects
 from otxlite.augment import Pipeline
 from otxlite.data import hold_out_val, load_splits, make_loader, require_splits
-from otxlite.evaluate import coco_map, performance_report, score
+from otxlite.evaluate import coco_map, headline_figures, performance_report, score
 from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, log_file, read_torch_file,
                            save_checkpoint, write_atomic, write_label_schema)
 from otxlite.models import InputSize, build_model, load_state
 from otxlite.predictors import TorchPredictor, pick_device, predict
 from otxlite.report import plot_history
 from otxlite.visualize import draw_batch
+from otxlite.tasks import task_of
 from otxlite.templates import apply_overrides
 
 log = logging.getLogger("otxlite")
-BEST_METRIC = "map_50"
 WARMUP_START_FACTOR = 0.001
 BATCHNORM_IMAGES = 64  # training images that re-estimate BatchNorm statistics before each validation
 
@@ -55,15 +56,16 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     params = template["hyper_parameters"]["learning_parameters"]
     device = pick_device(device)
 
+    task = task_of(template)
     require_splits(specs, "train", "val")
-    splits, schema = load_splits(specs)
+    splits, schema = load_splits(specs, task=task.name)
     if state is not None and label_names(schema) != label_names(state["labels"]):
         raise OtxliteError(f"The data's classes {label_names(schema)} differ from the resumed run's "
                            f"{label_names(state['labels'])}. Resume with the same data.")
     write_label_schema(output, schema)
     for name in ("train", "val"):
-        log.info("%s split: %d images, %d boxes", name, len(splits[name].samples),
-                 sum(len(s.boxes) for s in splits[name].samples))
+        log.info("%s split: %d images, %d %s", name, len(splits[name].samples),
+                 sum(len(s.boxes) for s in splits[name].samples), "instances" if task.masks else "boxes")
 
     pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
     if load_weights:
@@ -79,10 +81,12 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
 
     pipeline = Pipeline(template["hyper_parameters"]["augmentation"])
     train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
-                               pipeline=pipeline, input_size=InputSize.of(model))
+                               pipeline=pipeline, input_size=InputSize.of(model), masks=task.masks)
     if state is None:
         draw_batch(train_loader, schema, output / "train_batch.jpg")
     val_loader = make_loader(splits["val"].samples, schema, params, device)
+    statistics_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
+                                    masks=task.masks)  # training images as validation sees them: not augmented
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=params["learning_rate"],
                                 momentum=params["momentum"], weight_decay=params["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(params, len(train_loader)))
@@ -110,7 +114,7 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         started = time.perf_counter()
         losses = train_one_epoch(model, optimizer, scheduler, scaler, train_loader, device, epoch, params["num_iters"])
         train_seconds = time.perf_counter() - started
-        reestimate_batchnorm(model, train_loader, device)
+        reestimate_batchnorm(model, statistics_loader, device)
         predictions = predict(TorchPredictor(model, schema, None, template, device), val_loader)
         metrics = coco_map(splits["val"].samples, predictions, schema)
         row = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"],
@@ -118,13 +122,13 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                "seconds": round(time.perf_counter() - started, 2),
                "images_per_s": round(len(splits["train"].samples) / train_seconds, 2)}
         history.append(row)
-        improved = best is None or metrics[BEST_METRIC] > best["value"]
+        improved = best is None or metrics[task.headline] > best["value"]
         if improved:
-            best = {"value": metrics[BEST_METRIC], "epoch": epoch + 1}
+            best = {"value": metrics[task.headline], "epoch": epoch + 1}
             save_checkpoint(output / "weights.pth", weights_checkpoint(model, template, schema, metrics, epoch + 1))
-        log.info("epoch %d/%d  loss %.4f  val mAP@0.5 %.4f  mAP@[.5:.95] %.4f  %.1f s  %.2f img/s%s",
-                 epoch + 1, params["num_iters"], losses["loss"], metrics["map_50"], metrics["map_50_95"],
-                 row["seconds"], row["images_per_s"], "  (best, saved weights.pth)" if improved else "")
+        log.info("epoch %d/%d  loss %.4f  val %s  %.1f s  %.2f img/s%s", epoch + 1, params["num_iters"],
+                 losses["loss"], headline_figures(metrics, task), row["seconds"], row["images_per_s"],
+                 "  (best, saved weights.pth)" if improved else "")
         stopped_early = should_stop(params, epoch + 1, best)
         save_checkpoint(last_path, {"format_version": CHECKPOINT_FORMAT, "template": template, "labels": schema,
                                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -133,11 +137,12 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                                     "history": history, "stopped_early": stopped_early})
         write_logs(output / "logs", history)
         if stopped_early:
-            log.info("Early stopping: no better val mAP@0.5 for %d epochs since epoch %d.",
+            log.info("Early stopping: no better val %smAP@0.5 for %d epochs since epoch %d.", task.unit,
                      params["early_stop_patience"], best["epoch"])
             break
     tune_threshold(output / "weights.pth", model, template, schema, splits["val"].samples, val_loader, device)
-    log.info("Best val mAP@0.5 %.4f at epoch %d: %s", best["value"], best["epoch"], output / "weights.pth")
+    log.info("Best val %smAP@0.5 %.4f at epoch %d: %s", task.unit, best["value"], best["epoch"],
+             output / "weights.pth")
     return output / "weights.pth"
 
 
@@ -242,8 +247,9 @@ def reestimate_batchnorm(model, loader, device, max_images=BATCHNORM_IMAGES):
     From random weights, BatchNorm's running averages (torchvision's MobileNetV3 updates them with
     momentum 0.01) trail weights that still change fast; evaluated with them, a model that trains well
     can lose every detection (BCCD at 480 px: val mAP@0.5 0.36 -> 0.00 in two epochs). Recomputing them
-    for the current weights, as detectron2's PreciseBN does, removes that. Frozen BatchNorm (pretrained
-    backbones) is left alone.
+    for the current weights, as detectron2's PreciseBN does, removes that. train passes training images without
+    augmentation: statistics of mosaics and zoomed-out grey canvases would not be those of the images the
+    model is validated on. Frozen BatchNorm (pretrained backbones) is left alone.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not layers:
@@ -300,4 +306,4 @@ def tune_threshold(weights_path, model, template, schema, val_samples, val_loade
     checkpoint["threshold_tuned"] = True
     save_checkpoint(weights_path, checkpoint)
     log.info("Validation of the best epoch (%d):%s", checkpoint["epoch"],
-             performance_report(performance, result, tuned=fixed is None))
+             performance_report(performance, result, tuned=fixed is None, task=task_of(template)))

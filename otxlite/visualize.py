@@ -1,9 +1,11 @@
-"""Pictures of detections and of training batches: boxes with label names (and scores) in the label schema's colours."""
+"""Pictures of detections and of training batches: boxes (and instance masks, filled and outlined) with label names
+(and scores) in the label schema's colours."""
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2.functional import resize
-from torchvision.utils import draw_bounding_boxes, make_grid
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from otxlite.files import write_atomic
 
@@ -17,7 +19,7 @@ def draw_detections(image, detections, schema, threshold, color=None, captions=T
     Each box takes its label's colour unless color is given; captions show the label name and score
     (or only the name for ground truth, which has no scores).
     """
-    image = image.copy()
+    image = with_masks(image, detections, schema, threshold, color) if "rles" in detections else image.copy()
     draw = ImageDraw.Draw(image)
     side = min(image.size)
     width, font = max(2, round(side / 240)), ImageFont.load_default(size=max(11, round(side / 40)))
@@ -38,6 +40,25 @@ def draw_detections(image, detections, schema, threshold, color=None, captions=T
             draw.rectangle([x1, y, x1 + right - left + 2 * width, y + bottom - top + 2 * width], fill=outline)
             draw.text((x1 + width - left, y + width - top), text, fill=text_color(outline), font=font)
     return image
+
+
+def with_masks(image, detections, schema, threshold, color=None):
+    """A copy of image with the instance masks (COCO RLEs) of detections scoring above threshold filled
+    (alpha 0.45) and outlined in their label's colour (or color)."""
+    from pycocotools import mask as coco_mask
+
+    scores = detections.get("scores")
+    kept = [i for i in range(len(detections["rles"])) if scores is None or float(scores[i]) > threshold]
+    if not kept:
+        return image.copy()
+    colors = {label["id"]: label["color"] for label in schema["labels"]}
+    palette = [color or colors[int(detections["labels"][i])] for i in kept]
+    masks = torch.from_numpy(coco_mask.decode([detections["rles"][i] for i in kept])).permute(2, 0, 1).bool()
+    eroded = -torch.nn.functional.max_pool2d(-masks[None].float(), 3, stride=1, padding=1)[0] > 0
+    picture = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=palette)
+    picture = draw_segmentation_masks(picture, masks & ~eroded, alpha=1.0, colors=palette)
+    return Image.fromarray(picture.permute(1, 2, 0).numpy())
 
 
 def text_color(background):

@@ -90,8 +90,9 @@ def exported(request, tmp_path_factory):
     template["hyper_parameters"]["learning_parameters"].update(
         batch_size=batch_size, num_workers=0, warmup_iters=2, lr_scheduler="cosine", enable_early_stopping=False)
     weights = train(template, split_specs(data), root / "run", {"learning_parameters.num_iters": str(epochs),
-                    "learning_parameters.learning_rate": str(learning_rate), "augmentation": "{}"},
-                    pretrained=False)  # fitting four images needs no augmentation; SSDlite's anchors are fitted
+                    "learning_parameters.learning_rate": str(learning_rate), "augmentation": "{}",
+                    "anchors.fit": "true"},
+                    pretrained=False)  # fitting four images needs no augmentation; anchors are fitted
     result = CliRunner().invoke(cli, ["export", "--load-weights", str(weights), "--output", str(root / "export")])
     assert result.exit_code == 0, result.output
     return weights, root / "export", data
@@ -125,3 +126,14 @@ def voc_copy(tmp_path):
     data = tmp_path / "data.yaml"
     data.write_text("data:\n  train: {ann-files: train}\n  val: {ann-files: val}\n")
     return data
+
+
+def quantized_modules(xml_path):
+    """The module paths ("/model/backbone/...") of the operations that NNCF's FakeQuantize nodes feed,
+    leaving out ShapeOf (the anchor generator reads the shapes of quantized feature maps)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    return {target.get_node().get_friendly_name().rsplit("/", 1)[0] for op in model.get_ops()
+            if op.get_type_name() == "FakeQuantize" for target in op.output(0).get_target_inputs()
+            if target.get_node().get_type_name() != "ShapeOf"}

@@ -99,13 +99,14 @@ def test_unknown_transform_or_argument_is_one_clear_error(otxlite, tiny_voc, tmp
 
 def test_params_override_an_entry_add_one_and_switch_one_off():
     template = resolve_template("ssdlite320_mobilenet_v3_large")
-    changed = apply_overrides(template, {"augmentation.Mosaic.p": "0.8", "augmentation.RandomVerticalFlip": "true",
-                                         "augmentation.RandomIoUCrop": "false"})
+    changed = apply_overrides(template, {"augmentation.RandomHorizontalFlip.p": "0.8", "augmentation.Mosaic.p": "0.5",
+                                         "augmentation.RandomVerticalFlip": "true",
+                                         "augmentation.RandomPhotometricDistort": "false"})
     augmentation = changed["hyper_parameters"]["augmentation"]
-    assert augmentation["Mosaic"] == {"p": 0.8}
-    assert augmentation["RandomVerticalFlip"] is True and augmentation["RandomIoUCrop"] is False
+    assert augmentation["RandomHorizontalFlip"] == {"p": 0.8} and augmentation["Mosaic"] == {"p": 0.5}
+    assert augmentation["RandomVerticalFlip"] is True and augmentation["RandomPhotometricDistort"] is False
     steps = [type(step).__name__ for step in Pipeline(augmentation).steps]
-    assert steps == ["Mosaic", "RandomPhotometricDistort", "RandomZoomOut", "RandomHorizontalFlip", "RandomVerticalFlip"]
+    assert steps == ["RandomHorizontalFlip", "Mosaic", "RandomVerticalFlip"]  # new entries come last
 
 
 def test_dataset_items_repeat_per_index_and_epoch_whatever_the_order():
@@ -149,6 +150,7 @@ def small_boxes_dataset(tmp_path, count=6):
 def test_anchors_are_fitted_when_recall_is_low_and_travel_with_the_weights(tmp_path, caplog):
     data = small_boxes_dataset(tmp_path)
     template = resolve_template("ssdlite320_mobilenet_v3_large")
+    template["hyper_parameters"]["anchors"]["fit"] = True  # the SSD templates' default is false
     splits, schema = load_splits(split_specs(data))
     model = build_model(template, 1)
     default = anchors_of(model)

@@ -1,3 +1,4 @@
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -119,6 +120,28 @@ def test_a_class_training_never_saw_is_an_error_naming_the_file(tmp_path):
     assert str(xml) in str(error.value)
 
 
+def test_a_val_class_that_coco_train_declares_is_kept_with_a_warning(tmp_path, caplog):
+    categories = [{"id": 1, "name": "RBC"}, {"id": 2, "name": "WBC"}, {"id": 3, "name": "Platelets"},
+                  {"id": 4, "name": "Neutrophil"}]
+    (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
+    train = coco_for(tmp_path / "train", sample_ids("train", 2), categories)
+    val = coco_for(tmp_path / "val", sample_ids("val", 1), categories)
+    coco = json.loads(val.read_text())
+    coco["annotations"][0]["category_id"] = 4
+    val.write_text(json.dumps(coco))
+    specs = {"train": SplitSpec("train", train), "val": SplitSpec("val", val)}
+    with caplog.at_level(logging.WARNING, logger="otxlite"):
+        _, schema = load_splits(specs)
+    assert label_names(schema)[-1] == "Neutrophil"
+    assert "the model cannot learn them: Neutrophil" in caplog.text
+
+    coco["annotations"][0]["category_id"] = 5
+    coco["categories"].append({"id": 5, "name": "Basophil"})
+    val.write_text(json.dumps(coco))
+    with pytest.raises(OtxliteError, match="class 'Basophil' never appears in the training split"):
+        load_splits(specs)
+
+
 def test_missing_image_and_broken_annotation_files_are_clear_errors(tmp_path):
     copy_voc(sample_ids("train", 2), tmp_path / "xml", tmp_path / "img")
     first = sorted((tmp_path / "img").iterdir())[0]
@@ -201,3 +224,9 @@ def test_grouped_batches_never_hold_a_single_image_when_others_exist(wide, tall,
     assert sorted(i for b in batches for i in b) == list(range(wide + tall))
     if wide + tall > 1 and batch_size > 1:
         assert min(len(b) for b in batches) > 1
+
+
+def test_a_wide_and_a_tall_image_share_one_batch():
+    """Two lone images (one wide, one tall) train as one batch of two, not as an error or two single-image batches."""
+    samples = [Sample("wide.jpg", "test", width=640, height=480), Sample("tall.jpg", "test", width=480, height=640)]
+    assert [sorted(batch) for batch in GroupedBatchSampler(samples, 2, 0).batches()] == [[(0, 0), (1, 0)]]

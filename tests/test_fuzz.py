@@ -14,6 +14,7 @@ from PIL import Image
 from otxlite import OtxliteError
 from otxlite.data import check_split, read_data_yaml
 from otxlite.formats import SplitSpec
+from otxlite.formats.shapes import instance_masks
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats() | st.text(max_size=12)
@@ -22,9 +23,10 @@ structures = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
 numbers_as_text = st.one_of(st.floats().map(str), st.integers(-5, 700).map(str), st.text(max_size=6))
 
 
-def read_everything(write):
+def read_everything(write, masks=False):
     """Write a dataset with write(folder) (which returns the SplitSpec or data.yaml to read), then read and check
-    it as training would; only OtxliteError may escape."""
+    it as training would (masks: as instance segmentation does, rasterising every kept mask); only OtxliteError
+    may escape."""
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(folder / "a.png")
@@ -32,7 +34,11 @@ def read_everything(write):
         try:
             specs = read_data_yaml(target) if isinstance(target, Path) else {"train": target}
             for spec in specs.values():
-                check_split(spec, decode=True)
+                split, problems = check_split(spec, decode=True, masks=masks)
+                if masks and not any(p.fatal for p in problems):
+                    for sample in split.samples:
+                        kept = [shape for shape, ignored in zip(sample.shapes, sample.ignored) if not ignored]
+                        assert instance_masks(kept, sample.width, sample.height).shape[0] == len(kept)
         except OtxliteError:
             pass
 
@@ -122,3 +128,47 @@ def test_any_csv(content):
         (folder / "boxes.csv").write_bytes(content)
         return SplitSpec("train", folder / "boxes.csv", folder)
     read_everything(write)
+
+
+points = st.lists(st.lists(numbers_as_text.map(lambda t: float(t) if t.lstrip("-").replace(".", "", 1).isdigit()
+                                                else t) | scalars, max_size=3), max_size=6)
+
+
+@FUZZ
+@given(st.lists(st.fixed_dictionaries({"label": scalars, "points": points | structures},
+                                      optional={"shape_type": st.sampled_from(["polygon", "rectangle", "circle",
+                                                                               "line", "point"]) | scalars,
+                                                "group_id": scalars}), max_size=4) | structures)
+def test_any_labelme_shapes_as_instances(shapes):
+    def write(folder):
+        (folder / "labels").mkdir()
+        (folder / "labels" / "a.json").write_text(json.dumps({"shapes": shapes, "imagePath": "a.png"}))
+        return SplitSpec("train", folder / "labels", folder)
+    read_everything(write, masks=True)
+
+
+@FUZZ
+@given(st.lists(st.lists(st.floats(-100, 100) | st.integers(-100, 100), max_size=10), max_size=3)
+       | st.fixed_dictionaries({"size": structures | st.just([32, 48]), "counts": structures | st.text(max_size=12)})
+       | structures)
+def test_any_coco_segmentation_as_instances(segmentation):
+    def write(folder):
+        coco = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "x"}],
+                "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10],
+                                 "segmentation": segmentation}]}
+        (folder / "coco.json").write_text(json.dumps(coco))
+        return SplitSpec("train", folder / "coco.json", folder)
+    read_everything(write, masks=True)
+
+
+@FUZZ
+@given(st.sampled_from(["L", "P", "I;16", "RGB", "1"]), st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31))
+def test_any_mask_png_as_instances(mode, width, height, seed):
+    def write(folder):
+        (folder / "masks").mkdir()
+        values = np.random.default_rng(seed).integers(0, 4, (height, width))
+        picture = Image.fromarray(values.astype(np.uint8)).convert(mode) if mode != "RGB" else \
+            Image.fromarray(np.repeat(values[..., None], 3, axis=2).astype(np.uint8))
+        picture.save(folder / "masks" / "a_mask.png")
+        return SplitSpec("train", folder / "masks", folder, names={0: "thing"})
+    read_everything(write, masks=True)

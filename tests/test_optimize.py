@@ -5,21 +5,13 @@ import openvino as ov
 import pytest
 from click.testing import CliRunner
 
+from conftest import quantized_modules
 from otxlite import OtxliteError
 from otxlite.cli import cli
 from otxlite.data import split_specs
 from otxlite.evaluate import evaluate
 from otxlite.optimize import QUANTIZED_MODULES, optimize
 from otxlite.predictors import load_predictor
-
-
-def quantized_modules(xml_path):
-    """The module paths ("/model/backbone/...") of the operations that NNCF's FakeQuantize nodes feed,
-    leaving out ShapeOf (the anchor generator reads the shapes of quantized feature maps)."""
-    model = ov.Core().read_model(str(xml_path))
-    return {target.get_node().get_friendly_name().rsplit("/", 1)[0] for op in model.get_ops()
-            if op.get_type_name() == "FakeQuantize" for target in op.output(0).get_target_inputs()
-            if target.get_node().get_type_name() != "ShapeOf"}
 
 
 def test_optimize_writes_an_int8_model_that_eval_reads_with_fp32_and_int8_figures_side_by_side(exported, tmp_path):

@@ -15,6 +15,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
@@ -210,8 +211,17 @@ def finished(process):
                                                      ("ssdlite320_mobilenet_v3_large", 2)])
 def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_template, tiny_voc, template_id,
                                                              batch_size):
-    """Both templates' default augmentation (SSDlite's has Mosaic, and fits its anchors) runs in 2 workers."""
+    """Both templates' default augmentation runs in 2 workers; SSDlite's with Mosaic, zoom-out and IoU crops added
+    and its anchors fitted, the multi-image and most random path."""
     template = small_template(template_id)
+    if template_id.startswith("ssdlite"):
+        settings = yaml.safe_load(template.read_text())
+        settings["hyper_parameters"]["augmentation"] = {
+            "Mosaic": {"p": 0.5}, "RandomPhotometricDistort": {"p": 0.5},
+            "RandomZoomOut": {"fill": [124, 116, 104], "side_range": [1.0, 2.0], "p": 0.5},
+            "RandomIoUCrop": {}, "RandomHorizontalFlip": {"p": 0.5}}
+        settings["hyper_parameters"]["anchors"]["fit"] = True
+        template.write_text(yaml.safe_dump(settings))
     finished(cli_train(template, tiny_voc, tmp_path / "a", batch_size=batch_size))
     first = weights_of(tmp_path / "a" / "weights.pth")
     finished(cli_train(template, tiny_voc, tmp_path / "b", batch_size=batch_size))

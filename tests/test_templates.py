@@ -33,7 +33,7 @@ def test_template_stats_match_torchvision_weight_metadata(template_id):
 def test_find_prints_a_row_per_template_and_filters_by_task():
     result = CliRunner().invoke(cli, ["find", "--task", "detection"])
     assert result.exit_code == 0, result.output
-    assert "TASK" in result.output and "GFLOPS" in result.output and "COCO AP" in result.output
+    assert "TASK" in result.output and "GFLOPS" in result.output and "COCO BOX AP" in result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| detection")]
     assert len(rows) == 9
     assert any("fasterrcnn_mobilenet_v3_large_320_fpn" in r and "22.8" in r for r in rows)

@@ -14,7 +14,7 @@ from otxlite import OtxliteError
 from otxlite.cli import cli
 from otxlite.data import split_specs
 from otxlite.files import UMASK, load_checkpoint, read_json, save_checkpoint
-from otxlite.models import build_model, class_head_path, model_from_checkpoint
+from otxlite.models import build_model, class_head_paths, model_from_checkpoint
 from otxlite.templates import find_templates, resolve_template
 from otxlite.train import lr_schedule, reestimate_batchnorm, train
 
@@ -137,7 +137,7 @@ def test_load_weights_keeps_everything_for_the_same_classes_and_resets_the_head_
     checkpoint = torch.load(first, weights_only=True)
     checkpoint["labels"]["labels"] = checkpoint["labels"]["labels"][:2]
     model = build_model(checkpoint["template"], 2)
-    head = class_head_path(model)
+    head = class_head_paths(model)[0]
     checkpoint["model"] = {k: v for k, v in model.state_dict().items()}
     save_checkpoint(two_classes, checkpoint)
     changed = torch.load(train(template, split_specs(tiny_voc), tmp_path / "changed",

@@ -2,12 +2,14 @@
 
 from otxlite.formats.base import DataError, EmbeddedImage, Sample, Split, SplitSpec
 from otxlite.formats.coco import load_coco
+from otxlite.formats.labelme import load_labelme
+from otxlite.formats.masks import load_masks
 from otxlite.formats.tables import load_csv, load_dataframe, load_hf
 from otxlite.formats.voc import load_voc
 from otxlite.formats.yolo import load_yolo
 
 FORMATS = {"coco": load_coco, "voc": load_voc, "yolo": load_yolo, "csv": load_csv, "dataframe": load_dataframe,
-           "hf": load_hf}
+           "hf": load_hf, "masks": load_masks, "labelme": load_labelme}
 HF_FOLDER_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
 
 __all__ = ["FORMATS", "DataError", "EmbeddedImage", "Sample", "Split", "SplitSpec", "detect_format", "read_split"]
@@ -42,8 +44,13 @@ def detect_format(spec):
         return parquet_format(next(path.glob("*.parquet")))
     elif spec.data_roots and any(path.rglob("*.txt")) or (path.parent.parent / "labels" / path.name).is_dir():
         return "yolo"
+    elif any(path.glob("*.json")):
+        return "labelme"
+    elif spec.data_roots and any(path.glob("*.png")):
+        return "masks"
     raise DataError(f"{path}: cannot tell the annotation format of split '{spec.name}'. Give a COCO .json, a VOC "
-                    f"folder, YOLO labels, a .csv, a DataFrame (.pkl/.parquet) or a Hugging Face dataset folder, "
+                    f"folder, YOLO labels, a folder of Labelme .json files, a folder of instance mask PNGs (with "
+                    f"data-roots), a .csv, a DataFrame (.pkl/.parquet) or a Hugging Face dataset folder, "
                     f"or set 'format:' ({', '.join(FORMATS)}).")
 
 

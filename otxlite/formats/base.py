@@ -133,7 +133,8 @@ def ends_early(image):
 
 @dataclass
 class Sample:
-    """One image (a Path or an EmbeddedImage) and its boxes (x1, y1, x2, y2 in pixels) with class names.
+    """One image (a Path or an EmbeddedImage) and its boxes (x1, y1, x2, y2 in pixels) with class names, and
+    per box the instance's shape where the format gives one (formats.shapes: Polygons, Rle, MaskValue; else None).
 
     An ignored box is a region COCO marks `iscrowd` or VOC `difficult`: never trained on, and a detection
     on it is neither a true nor a false positive.
@@ -149,12 +150,14 @@ class Sample:
     records: list = field(default_factory=list)  # where each box is written, for messages
     ignored: list = field(default_factory=list)  # per box: a crowd or difficult region
     declared_size: tuple | None = None  # (width, height) the annotation states, compared with the image's
+    shapes: list = field(default_factory=list)  # per box: its instance shape, or None
 
-    def add(self, box, name, record, ignored=False):
+    def add(self, box, name, record, ignored=False, shape=None):
         self.boxes.append(box)
         self.classes.append(name)
         self.records.append(record)
         self.ignored.append(bool(ignored))
+        self.shapes.append(shape)
 
 
 @dataclass
@@ -177,6 +180,7 @@ class Split:
     name: str
     samples: list
     class_order: list | None  # the order the format gives classes (COCO ids, YOLO names); None: first appearance
+    declared: list | None = None  # every class the file declares, used or not (COCO categories)
 
 
 def parse_box(values, record):

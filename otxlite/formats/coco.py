@@ -1,10 +1,12 @@
-"""COCO detection JSON: one file per split, images under data-roots (default: the JSON's folder)."""
+"""COCO JSON: one file per split, images under data-roots (default: the JSON's folder); `segmentation` as
+polygons or RLE (compressed or not) where given."""
 
 import logging
 import math
 
 from otxlite.files import read_json
 from otxlite.formats.base import DataError, Sample, Split, parse_box
+from otxlite.formats.shapes import Polygons, Rle
 
 log = logging.getLogger("otxlite")
 
@@ -28,13 +30,31 @@ def load_coco(spec):
         if category not in categories:
             raise DataError(f"{record}: category_id {ann['category_id']!r} is not in 'categories'.")
         x, y, w, h = parse_box(ann["bbox"], record)
-        sample.add([x, y, x + w, y + h], categories[category], record, ignored=ann.get("iscrowd") in (1, True))
+        sample.add([x, y, x + w, y + h], categories[category], record, ignored=ann.get("iscrowd") in (1, True),
+                   shape=read_segmentation(ann.get("segmentation"), record))
         used.add(category)
     unused = [name for c, name in categories.items() if c not in used]
     if unused:
-        log.info("%s: categories without annotations are left out: %s", path, ", ".join(unused))
-    by_id = sorted(used) if all(isinstance(c, int) for c in used) else [c for c in categories if c in used]
-    return Split(spec.name, list(samples.values()), [categories[c] for c in by_id])
+        log.info("%s: categories without annotations: %s", path, ", ".join(unused))
+    by_id = sorted(categories) if all(isinstance(c, int) for c in categories) else list(categories)
+    return Split(spec.name, list(samples.values()), [categories[c] for c in by_id if c in used],
+                 [categories[c] for c in by_id])
+
+
+def read_segmentation(value, record):
+    """Polygons, Rle, or None where the annotation has no segmentation."""
+    if value in (None, [], {}):
+        return None
+    if isinstance(value, list) and all(isinstance(part, list) for part in value):
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for part in value for v in part) \
+                or any(len(part) % 2 for part in value):
+            raise DataError(f"{record}: segmentation polygons must be lists of x, y numbers.")
+        return Polygons(value)
+    if isinstance(value, dict) and isinstance(value.get("counts"), (str, list)) and isinstance(value.get("size"), list) \
+            and len(value["size"]) == 2:
+        return Rle(value)
+    raise DataError(f"{record}: segmentation is neither polygons ([[x1, y1, ...], ...]) nor RLE "
+                    f"({{size: [h, w], counts: ...}}).")
 
 
 def hashable(value):

@@ -1,10 +1,12 @@
-"""YOLO / Ultralytics: one labels/*.txt per image with normalised `class cx cy w h` lines; names from data.yaml."""
+"""YOLO / Ultralytics: one labels/*.txt per image with normalised `class cx cy w h` lines, or YOLO-seg
+`class x1 y1 x2 y2 ...` polygons (a line may join several parts); names from data.yaml."""
 
 import logging
 from pathlib import Path
 
 from otxlite.files import read_text
 from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_name, images_in, parse_box
+from otxlite.formats.shapes import Polygons
 
 log = logging.getLogger("otxlite")
 
@@ -63,18 +65,20 @@ def read_label_file(image, path, names):
         if not values:
             continue
         record = f"{path} (line {number})"
+        shape = None
         if len(values) == 5:
             cx, cy, w, h = parse_box(values[1:], record)
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
         elif len(values) >= 7 and len(values) % 2:  # a segmentation polygon: its bounding box, as Ultralytics does
             points = parse_numbers(values[1:], record)
             box = parse_box([min(points[::2]), min(points[1::2]), max(points[::2]), max(points[1::2])], record)
+            shape = Polygons([points])
         else:
             raise DataError(f"{record}: expected 'class cx cy w h' (5 values), got {len(values)}: '{line.strip()}'.")
         if max(abs(v) for v in box) > 1.5:
             raise DataError(f"{record}: coordinates {values[1:]} are not fractions of the image size (0-1), "
                             f"as YOLO labels must be.")
-        sample.add(box, class_name(values[0], names, record), record)
+        sample.add(box, class_name(values[0], names, record), record, shape=shape)
     return sample
 
 
