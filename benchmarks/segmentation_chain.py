@@ -3,7 +3,11 @@ every model file -> demo -> predict -> deploy (its run.py included), printing se
 
 Usage: python benchmarks/segmentation_chain.py [--data ../shared/datasets/coco-seg/data.yaml]
        [--layout yolo-seg penn-fudan coco-rle] [--template maskrcnn_mobilenet_v3_large_fpn] [--epochs 10]
-       [--min-size 480 --max-size 640] [--output /tmp/otxlite-segmentation-chain]
+       [--min-size 480 --max-size 640] [--evaluate-on val|train] [--output /tmp/otxlite-segmentation-chain]
+
+--evaluate-on train makes the training images the val and test splits too: from random weights, 26 training
+images teach a model nothing that transfers to val (mask mAP 0), so the figures of each model file, and what INT8
+costs, are only measurable on the images the model was fitted to.
 
 Layouts: yolo-seg is the data.yaml as given (its val split doubling as test, as in every layout); penn-fudan writes its images as PNGImages/ + PedMasks/ (one mask
 PNG per image, instance value class position * 1000 + n, overlaps resolved as a real mask image does: later
@@ -80,20 +84,22 @@ def write_coco_rle(splits, names, folder):
     return entries
 
 
-def layout_data(layout, data, folder):
-    """data.yaml of the dataset in layout, written under folder, its val split doubling as test (coco-seg has
-    no test split; eval and optimize report on it)."""
+def layout_data(layout, data, folder, evaluate_on):
+    """data.yaml of the dataset in layout, written under folder, its evaluate_on split (val or train) doubling as
+    test (coco-seg has no test split; eval and optimize report on it), and as val too when that is train."""
     folder.mkdir(parents=True)
     if layout == "yolo-seg":
         ultralytics = yaml.safe_load(data.read_text())
-        ultralytics.update(path=str((data.parent / ultralytics.get("path", ".")).resolve()), test=ultralytics["val"])
+        ultralytics.update(path=str((data.parent / ultralytics.get("path", ".")).resolve()),
+                           val=ultralytics[evaluate_on], test=ultralytics[evaluate_on])
         (folder / "data.yaml").write_text(yaml.safe_dump(ultralytics, sort_keys=False))
         return folder / "data.yaml"
     splits, schema = load_splits(read_data_yaml(data), task="instance_segmentation")
     names = [label["name"] for label in schema["labels"]]
     writer = write_penn_fudan if layout == "penn-fudan" else write_coco_rle
     entries = writer(splits, names, folder)
-    (folder / "data.yaml").write_text(yaml.safe_dump({"data": {**entries, "test": entries["val"]}}, sort_keys=False))
+    entries.update(val=entries[evaluate_on], test=entries[evaluate_on])
+    (folder / "data.yaml").write_text(yaml.safe_dump({"data": entries}, sort_keys=False))
     return folder / "data.yaml"
 
 
@@ -108,7 +114,7 @@ def chain(layout, args):
     root = args.output / layout
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    data = layout_data(layout, args.data.resolve(), root / "data")
+    data = layout_data(layout, args.data.resolve(), root / "data", args.evaluate_on)
     print(f"== {layout}: {data}", flush=True)
     output, seconds = otxlite("train", args.template, "--data", data, "--output", root / "train", "--no-pretrained",
                               "params", "--learning_parameters.num_iters", args.epochs,
@@ -124,7 +130,7 @@ def chain(layout, args):
         evaluation = root / "eval" / name.replace(" ", "-")
         otxlite("eval", "--load-weights", model, "--data", data, "--output", evaluation)
         print(f"eval {name:18} {figures(evaluation)}", flush=True)
-    images = Path(read_data_yaml(data)["val"].data_roots or read_data_yaml(data)["val"].ann_files)
+    images = Path(read_data_yaml(data)["test"].data_roots or read_data_yaml(data)["test"].ann_files)
     otxlite("demo", "--load-weights", root / "int8" / "openvino.xml", "--input", images, "--output", root / "demo")
     otxlite("predict", "--load-weights", root / "int8" / "openvino.xml", "--input", images,
             "--output", root / "predictions.json")
@@ -149,6 +155,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--min-size", type=int, default=480)
     parser.add_argument("--max-size", type=int, default=640)
+    parser.add_argument("--evaluate-on", choices=["val", "train"], default="val")
     parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-segmentation-chain"))
     args = parser.parse_args()
     for layout in args.layout:

@@ -1,6 +1,7 @@
 """Training speed: `otxlite train` against a plain torchvision loop: same model, images, batch size and steps.
 
 Usage: python benchmarks/train_speed.py [--templates ID ...] [--images 64] [--epochs 2] [--device cpu|cuda]
+       python benchmarks/train_speed.py --devices 1 2 [--engine local|ray] [...]
 
 Each variant runs in a child process of its own, so its peak memory is its own: the largest resident set of
 the child (or of a DataLoader worker it waited for), from the kernel's accounting (wait4's ru_maxrss).
@@ -13,6 +14,9 @@ the child (or of a DataLoader worker it waited for), from the kernel's accountin
   PIL decode, PILToTensor + float scaling, random horizontal flip, a DataLoader with the template's batch
   size and workers, SGD with linear warm-up, AMP on CUDA. The model comes from the same torchvision builder
   with the same arguments; both run the same number of optimizer steps.
+- --devices 1 2 ...: otxlite with the template's recipe in that many DDP processes (--engine ray: Ray Train
+  workers), each taking the template's batch size; images/s, scaling efficiency (images/s over N times that of
+  the first count), the last epoch's val mAP@0.5 and the wall time.
 """
 
 import argparse
@@ -104,7 +108,7 @@ def plain_loop(template, ids, epochs, device):
 # ---------------------------------------------------------------- otxlite
 
 
-def otxlite_run(template, ids, epochs, device, folder, augmentation):
+def otxlite_run(template, ids, epochs, device, folder, augmentation, devices=1, engine="local"):
     from otxlite.data import SplitSpec
     from otxlite.train import train
 
@@ -118,12 +122,13 @@ def otxlite_run(template, ids, epochs, device, folder, augmentation):
     overrides = {"learning_parameters.num_iters": str(epochs)}
     if augmentation == "flip":
         overrides["augmentation"] = "{RandomHorizontalFlip: {p: 0.5}}"
-    train(template, specs, folder / "run", overrides, pretrained=False, device=device.type)
+    train(template, specs, folder / "run", overrides, pretrained=False, device=device.type, devices=devices,
+          engine=engine)
     wall = time.perf_counter() - started
     with open(folder / "run" / "logs" / "metrics.csv") as file:
         rows = list(csv.DictReader(file))
     train_seconds = sum(len(ids) / float(r["images_per_s"]) for r in rows)
-    return {"images_per_s": len(ids) * epochs / train_seconds, "wall_s": wall}
+    return {"images_per_s": len(ids) * epochs / train_seconds, "wall_s": wall, "map_50": float(rows[-1]["val_map_50"])}
 
 
 # ---------------------------------------------------------------- running both
@@ -137,14 +142,16 @@ def child(args):
     ids = split_ids("train", args.images)
     with tempfile.TemporaryDirectory() as folder:
         result = (plain_loop(template, ids, args.epochs, device) if args.child == "plain" else
-                  otxlite_run(template, ids, args.epochs, device, Path(folder), args.child.removeprefix("otxlite-")))
+                  otxlite_run(template, ids, args.epochs, device, Path(folder), args.child.removeprefix("otxlite-"),
+                              args.devices[0] if args.devices else 1, args.engine))
     Path(args.result).write_text(json.dumps(result))
 
 
-def measure(variant, template_id, args):
+def measure(variant, template_id, args, devices=1):
     with tempfile.NamedTemporaryFile(suffix=".json") as result:
         command = [sys.executable, __file__, "--child", variant, "--templates", template_id, "--images",
-                   str(args.images), "--epochs", str(args.epochs), "--device", args.device, "--result", result.name]
+                   str(args.images), "--epochs", str(args.epochs), "--device", args.device, "--result", result.name,
+                   "--devices", str(devices), "--engine", args.engine]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         _, status, usage = os.wait4(process.pid, 0)
         if status:
@@ -159,6 +166,8 @@ def main():
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--devices", type=int, nargs="+", help="compare otxlite in this many processes (DDP)")
+    parser.add_argument("--engine", choices=["local", "ray"], default="local")
     parser.add_argument("--child", choices=["otxlite-flip", "otxlite-template", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -168,6 +177,8 @@ def main():
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"{args.images} BCCD images, {args.epochs} epochs, {name}, torch {torch.__version__}", flush=True)
+    if args.devices:
+        return scaling(args)
     rows = []
     for template_id in args.templates:
         plain, ours = measure("plain", template_id, args), measure("otxlite-flip", template_id, args)
@@ -180,6 +191,23 @@ def main():
     print(format_table(("template", "plain img/s", "otxlite flip img/s", "vs plain", "otxlite template img/s",
                         "vs flip", "otxlite flip wall s", "plain peak MiB", "flip peak MiB", "template peak MiB"),
                        rows))
+
+
+def scaling(args):
+    """otxlite with the template's recipe in 1, 2, ... processes."""
+    from otxlite.report import format_table
+
+    rows = []
+    for template_id in args.templates:
+        first = None
+        for devices in args.devices:
+            run = measure("otxlite-template", template_id, args, devices)
+            first = first or (devices, run["images_per_s"])
+            efficiency = run["images_per_s"] / (devices / first[0] * first[1])
+            rows.append((template_id, f"{devices} ({args.engine})", f"{run['images_per_s']:.2f}", f"{efficiency:.2f}",
+                         f"{run['map_50']:.3f}", f"{run['wall_s']:.0f}"))
+            print(rows[-1], flush=True)
+    print(format_table(("template", "processes", "img/s", "scaling efficiency", "val mAP@0.5", "wall s"), rows))
 
 
 if __name__ == "__main__":

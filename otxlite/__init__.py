@@ -9,3 +9,12 @@ logging.getLogger("otxlite").setLevel(logging.INFO)  # train.log records progres
 
 class OtxliteError(Exception):
     """An error caused by the user's input; the CLI prints its message without a traceback."""
+
+
+def setup_logging():
+    """otxlite's messages to stderr, without decoration."""
+    logger = logging.getLogger("otxlite")
+    if not logger.handlers:
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(console)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from otxlite import OtxliteError, __version__
+from otxlite import OtxliteError, __version__, setup_logging
 
 log = logging.getLogger("otxlite")
 PARAMS_HELP = "Hyper-parameters can be overridden after the word params: `... params --learning_parameters.batch_size 4`."
@@ -32,15 +32,6 @@ class ParamsCommand(click.Command):
 
         ctx.params["overrides"] = parse_params(ctx.meta["params"])
         return super().invoke(ctx)
-
-
-def setup_logging():
-    """otxlite's messages to stderr, without decoration."""
-    logger = logging.getLogger("otxlite")
-    if not logger.handlers:
-        console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(console)
 
 
 def data_options(splits):
@@ -104,11 +95,20 @@ def relative(path):
 @click.option("--augmentation", type=click.Choice(["template", "none"]), default="template", show_default=True,
               help="The template's training augmentation, or none at all (not even flips).")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template ids.")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train in this many processes on this machine with DistributedDataParallel: one per GPU "
+                   "(NCCL), or CPU processes (gloo) with --device cpu or no GPU. Each takes batch_size images.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: train as Ray Train workers (pip install 'otxlite[ray]').")
+@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: the number of Ray Train workers.  "
+              "[default: 1]")
+@click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
 def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, augmentation,
-          template_dir, overrides, **paths):
+          template_dir, devices, engine, workers, ray_address, overrides, **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
-    With --resume, TEMPLATE may be left out: the run's own template is used.
+    With --resume, TEMPLATE may be left out: the run's own template is used. Under `torchrun --nproc-per-node N
+    -m otxlite train ...` each process joins torchrun's process group (leave --devices at 1).
     """
     from otxlite.data import split_specs
     from otxlite.templates import resolve_template
@@ -116,12 +116,17 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
 
     if not template and not resume:
         raise click.UsageError("Give a TEMPLATE (see `otxlite find`), or --resume a run.")
+    if engine == "ray" and devices > 1:
+        raise click.UsageError("With --engine ray, give the number of processes as --workers N.")
+    if engine == "local" and (workers or ray_address):
+        raise click.UsageError("--workers and --ray-address are for --engine ray; train locally with --devices N.")
     setup_logging()
     resolved = None if resume else resolve_template(template, template_dir)
     if augmentation == "none":
         overrides = {"augmentation": "{}", **overrides}
     run_training(resolved, split_specs(data, **paths), output, overrides, pretrained=pretrained,
-                 load_weights=load_weights, device=device, seed=seed, resume=resume, val_split=val_split)
+                 load_weights=load_weights, device=device, seed=seed, resume=resume, val_split=val_split,
+                 devices=workers or devices, engine=engine, ray_address=ray_address)
 
 
 @cli.command("eval", cls=ParamsCommand, epilog=PARAMS_HELP + " By default the confidence threshold for F1 is tuned on "

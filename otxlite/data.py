@@ -2,6 +2,7 @@
 
 import colorsys
 import logging
+import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -544,10 +545,12 @@ def sample_seed(seed, epoch, index):
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=None, input_size=None, masks=False):
+def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=None, input_size=None, masks=False,
+                rank=0, world_size=1):
     """Batches of (uint8 images, targets); training batches are shuffled, augmented by pipeline and grouped by
-    shape. input_size (models.InputSize) is the model's resizing, at whose scale multi-image transforms work.
-    masks: targets hold instance masks (training an instance-segmentation model).
+    shape, and in a process group dealt out to the ranks (see GroupedBatchSampler). input_size (models.InputSize)
+    is the model's resizing, at whose scale multi-image transforms work. masks: targets hold instance masks
+    (training an instance-segmentation model).
 
     The loader's own generator keeps it from drawing on the global random state, so that state (which
     the model's sampling uses) is the same whether a run started fresh or resumed.
@@ -556,7 +559,7 @@ def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=N
     common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
               "persistent_workers": params["num_workers"] > 0, "generator": torch.Generator().manual_seed(seed)}
     if train:
-        sampler = GroupedBatchSampler(samples, params["batch_size"], seed)
+        sampler = GroupedBatchSampler(samples, params["batch_size"], seed, rank, world_size)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
     return torch.utils.data.DataLoader(dataset, batch_size=params["batch_size"], shuffle=False, **common)
 
@@ -570,11 +573,16 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
 
     The order depends only on (seed, epoch), so a resumed run sees the same batches. Each batch lists
     (image index, epoch) pairs, which carry the epoch to the dataset in whichever worker decodes it.
+    In a process group of world_size (DDP), the batches are those of one process with batch_size * world_size,
+    each dealt out in equal parts, part `rank` to this process: every rank gets the same number of batches.
+    A batch too short to give each rank as many images (and two where batch_size allows) is topped up by
+    repeating its own images, as DistributedSampler pads.
     """
 
-    def __init__(self, samples, batch_size, seed):
+    def __init__(self, samples, batch_size, seed, rank=0, world_size=1):
         self.wide = np.array([s.width >= s.height for s in samples])
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -588,18 +596,25 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
     def batches(self):
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         order = torch.randperm(len(self.wide), generator=generator).numpy()
-        batches = []
+        size, batches = self.batch_size * self.world_size, []
         for wide in (True, False):
             group = order[self.wide[order] == wide].tolist()
-            chunks = [group[i:i + self.batch_size] for i in range(0, len(group), self.batch_size)]
-            if len(chunks) > 1 and len(chunks[-1]) == 1 < self.batch_size:  # BatchNorm cannot train on one image
+            chunks = [group[i:i + size] for i in range(0, len(group), size)]
+            if len(chunks) > 1 and len(chunks[-1]) == 1 < size:  # BatchNorm cannot train on one image
                 chunks[-2] = chunks[-2] + chunks[-1]
                 del chunks[-1]
             batches += chunks
-        lone = [b for b in batches if len(b) == 1 < self.batch_size] if len(batches) > 1 else []
+        lone = [b for b in batches if len(b) == 1 < size] if len(batches) > 1 else []
         for batch in lone:  # a group of one image joins another group's batch
             if len(batch) == 1:  # (unless an earlier lone image joined it)
                 batches = [b for b in batches if b is not batch]
                 batches[0] += batch
-        return [[(index, self.epoch) for index in batches[i]]
+        return [[(index, self.epoch) for index in self.part(batches[i])]
                 for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def part(self, batch):
+        """This rank's part of a batch of the whole process group."""
+        if self.world_size == 1:
+            return batch
+        each = max(math.ceil(len(batch) / self.world_size), min(2, self.batch_size))
+        return [batch[i % len(batch)] for i in range(each * self.world_size)][self.rank::self.world_size]

@@ -49,6 +49,12 @@ class Anchors(Strict):
     min_recall: float = Field(0.95, ge=0, le=1, description="anchor recall below which anchors are re-clustered")
 
 
+class Distributed(Strict):
+    sync_bn: bool = Field(False, description="SyncBatchNorm across the GPUs of a multi-process run")
+    scale_lr: bool = Field(True, description="multiply learning_rate by the number of processes, whose effective "
+                                             "batch is batch_size times as many (the linear scaling rule)")
+
+
 class HyperParameters(Strict):
     learning_parameters: LearningParameters
     postprocessing: Postprocessing
@@ -57,6 +63,7 @@ class HyperParameters(Strict):
         description="training transforms in order: torchvision.transforms.v2 names (or Mosaic) with their "
                     "arguments; true for the defaults, false to leave one out")
     anchors: Anchors = Field(default_factory=Anchors)
+    distributed: Distributed = Field(default_factory=Distributed)
 
 
 class ModelSpec(Strict):

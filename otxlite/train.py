@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from otxlite import OtxliteError, __version__
+from otxlite import OtxliteError, __version__, distributed
 from otxlite.anchors import fit_anchors, warn_small_objects
 from otxlite.augment import Pipeline
 from otxlite.data import hold_out_val, load_splits, make_loader, require_splits
@@ -32,21 +32,43 @@ BATCHNORM_IMAGES = 64  # training images that re-estimate BatchNorm statistics b
 
 
 def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
-          seed=0, resume=False, val_split=None):
+          seed=0, resume=False, val_split=None, devices=1, engine="local", ray_address=None):
     """Train template on the train split, validating on val each epoch; returns the weights.pth path.
 
     output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume),
-    train_batch.jpg (the first augmented batch) and logs/ (train.log, metrics.csv, loss.png). With val_split, a seeded part of train is held out as
-    val and the split saved as output/data.yaml.
+    train_batch.jpg (the first augmented batch) and logs/ (train.log, metrics.csv, loss.png). With val_split, a
+    seeded part of train is held out as val and the split saved as output/data.yaml.
+    devices > 1 trains in that many processes with DistributedDataParallel: started here (engine "local"), or as
+    Ray Train workers on the cluster at ray_address (engine "ray"). Under torchrun, each process calls train with
+    devices 1 and joins torchrun's process group.
     """
     output = Path(output)
-    with log_file(output / "logs" / "train.log"):
-        if val_split is not None:
+    if val_split is not None:
+        with log_file(output / "logs" / "train.log"):
             specs = hold_out_val(specs, val_split, seed, output)
-        return run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
+    if engine == "ray":  # its workers may run in another working directory
+        output, specs = output.absolute(), {name: spec.absolute() for name, spec in specs.items()}
+        load_weights = load_weights and Path(load_weights).absolute()
+    arguments = (template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
+    if engine == "ray":
+        distributed.launch_ray(train_process, arguments, devices, pick_device(device), ray_address, output)
+    elif devices > 1:
+        distributed.launch(train_process, arguments, devices, pick_device(device))
+    else:
+        train_process(*arguments)
+    return output / "weights.pth"
 
 
-def run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume):
+def train_process(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report=None):
+    """Training as one process runs it: all of it when alone, one rank's part in a process group.
+    report(figures, folder), when given, receives each epoch's figures and the checkpoint folder (Ray Train)."""
+    with distributed.process_group(pick_device(device)) as device:
+        with log_file(output / "logs" / "train.log") if distributed.is_main() else contextlib.nullcontext():
+            run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report)
+
+
+def run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report):
+    rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     last_path = output / "checkpoints" / "last.pth"
     state = load_checkpoint(last_path) if resume else None
     if state is not None:
@@ -54,7 +76,7 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         log.info("Resuming %s from epoch %d of %s", template["id"], state["epoch"], last_path)
     template = apply_overrides(template, overrides or {})
     params = template["hyper_parameters"]["learning_parameters"]
-    device = pick_device(device)
+    settings = template["hyper_parameters"]["distributed"]
 
     task = task_of(template)
     require_splits(specs, "train", "val")
@@ -62,7 +84,8 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     if state is not None and label_names(schema) != label_names(state["labels"]):
         raise OtxliteError(f"The data's classes {label_names(schema)} differ from the resumed run's "
                            f"{label_names(state['labels'])}. Resume with the same data.")
-    write_label_schema(output, schema)
+    if main:
+        write_label_schema(output, schema)
     for name in ("train", "val"):
         log.info("%s split: %d images, %d %s", name, len(splits[name].samples),
                  sum(len(s.boxes) for s in splits[name].samples), "instances" if task.masks else "boxes")
@@ -76,18 +99,22 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         start_from(model, load_weights, schema)
     warn_small_objects(model, template, splits["train"].samples, schema)
     if state is None and not template["model"].get("anchors"):
+        # seeded, so every rank fits the same anchors
         template = fit_anchors(model, template, splits["train"].samples, schema, pretrained)
     model.to(device)
+    trained = distributed.wrap(model, device, settings["sync_bn"])
 
     pipeline = Pipeline(template["hyper_parameters"]["augmentation"])
     train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
-                               pipeline=pipeline, input_size=InputSize.of(model), masks=task.masks)
-    if state is None:
+                               pipeline=pipeline, input_size=InputSize.of(model), masks=task.masks, rank=rank,
+                               world_size=world_size)
+    if state is None and main:
         draw_batch(train_loader, schema, output / "train_batch.jpg")
-    val_loader = make_loader(splits["val"].samples, schema, params, device)
+    val_loader = make_loader(splits["val"].samples[rank::world_size], schema, params, device)  # this rank's share
     statistics_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
-                                    masks=task.masks)  # training images as validation sees them: not augmented
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=params["learning_rate"],
+                                    masks=task.masks, rank=rank, world_size=world_size)  # as validation sees them
+    learning_rate = params["learning_rate"] * (world_size if settings["scale_lr"] else 1)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                                 momentum=params["momentum"], weight_decay=params["weight_decay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(params, len(train_loader)))
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
@@ -105,17 +132,18 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
             log.info("The run's epochs are done; finishing its confidence-threshold tuning.")
             start_epoch = params["num_iters"]
 
-    log.info("Training %s on %s for %d epochs (batch %d, lr %g, %s pretrained weights)", template["id"], device,
-             params["num_iters"], params["batch_size"], params["learning_rate"],
-             "with" if pretrained else "without")
+    log.info("Training %s on %s for %d epochs (batch %d, lr %g, %s pretrained weights)", template["id"],
+             f"{world_size} processes ({device.type}, batch {params['batch_size']} each)" if world_size > 1 else device,
+             params["num_iters"], params["batch_size"] * world_size, learning_rate, "with" if pretrained else "without")
     for epoch in range(start_epoch, params["num_iters"]):
         torch.manual_seed(seed * 1000 + epoch)  # the epoch's randomness depends on (seed, epoch) alone
         train_loader.batch_sampler.set_epoch(epoch)
         started = time.perf_counter()
-        losses = train_one_epoch(model, optimizer, scheduler, scaler, train_loader, device, epoch, params["num_iters"])
+        losses = train_one_epoch(trained, optimizer, scheduler, scaler, train_loader, device, epoch, params["num_iters"])
         train_seconds = time.perf_counter() - started
-        reestimate_batchnorm(model, statistics_loader, device)
-        predictions = predict(TorchPredictor(model, schema, None, template, device), val_loader)
+        reestimate_batchnorm(model, statistics_loader, device, BATCHNORM_IMAGES // world_size)
+        predictions = distributed.gather_shards(predict(TorchPredictor(model, schema, None, template, device),
+                                                        val_loader))
         metrics = coco_map(splits["val"].samples, predictions, schema)
         row = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"],
                **{f"val_{k}": v for k, v in metrics.items()},
@@ -125,21 +153,26 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         improved = best is None or metrics[task.headline] > best["value"]
         if improved:
             best = {"value": metrics[task.headline], "epoch": epoch + 1}
-            save_checkpoint(output / "weights.pth", weights_checkpoint(model, template, schema, metrics, epoch + 1))
+            if main:
+                save_checkpoint(output / "weights.pth", weights_checkpoint(model, template, schema, metrics, epoch + 1))
         log.info("epoch %d/%d  loss %.4f  val %s  %.1f s  %.2f img/s%s", epoch + 1, params["num_iters"],
                  losses["loss"], headline_figures(metrics, task), row["seconds"], row["images_per_s"],
                  "  (best, saved weights.pth)" if improved else "")
         stopped_early = should_stop(params, epoch + 1, best)
-        save_checkpoint(last_path, {"format_version": CHECKPOINT_FORMAT, "template": template, "labels": schema,
-                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                    "pretrained": pretrained, "epoch": epoch + 1, "best_metric": best,
-                                    "history": history, "stopped_early": stopped_early})
-        write_logs(output / "logs", history)
+        if main:
+            save_checkpoint(last_path, {"format_version": CHECKPOINT_FORMAT, "template": template, "labels": schema,
+                                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                        "pretrained": pretrained, "epoch": epoch + 1, "best_metric": best,
+                                        "history": history, "stopped_early": stopped_early})
+            write_logs(output / "logs", history)
+        if report:
+            report(row, last_path.parent)
         if stopped_early:
             log.info("Early stopping: no better val %smAP@0.5 for %d epochs since epoch %d.", task.unit,
                      params["early_stop_patience"], best["epoch"])
             break
+    distributed.barrier()  # weights.pth, which rank 0 wrote, is complete
     tune_threshold(output / "weights.pth", model, template, schema, splits["val"].samples, val_loader, device)
     log.info("Best val %smAP@0.5 %.4f at epoch %d: %s", task.unit, best["value"], best["epoch"],
              output / "weights.pth")
@@ -197,7 +230,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, 
     """One pass over loader; returns the mean of each loss term and of their sum ('loss')."""
     model.train()
     sums, count, started = {}, 0, time.perf_counter()
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False, disable=None)
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                    disable=None if distributed.is_main() else True)
     for batch in progress:
         with torch.autocast(device.type, enabled=device.type == "cuda"), one_image_batchnorm_error():
             loss_terms = model(*on_device(batch, device))
@@ -217,7 +251,9 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, 
         images_per_s = count * loader.batch_sampler.batch_size / (time.perf_counter() - started)
         progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                              img_s=f"{images_per_s:.1f}")
-    return {name: round(total / count, 5) for name, total in sums.items()}
+    means = torch.tensor([total / count for total in sums.values()], dtype=torch.float64)
+    distributed.average([means])  # over the ranks: the loss of the whole process group's batches
+    return {name: round(mean, 5) for name, mean in zip(sums, means.tolist())}
 
 
 @contextlib.contextmanager
@@ -266,6 +302,7 @@ def reestimate_batchnorm(model, loader, device, max_images=BATCHNORM_IMAGES):
             seen += len(batch[0])
             if seen >= max_images:
                 break
+    distributed.average([buffer for layer in layers for buffer in (layer.running_mean, layer.running_var)])
     for layer, momentum in zip(layers, momenta):
         layer.momentum = momentum
 
@@ -293,13 +330,16 @@ def write_logs(folder, history):
 
 
 def tune_threshold(weights_path, model, template, schema, val_samples, val_loader, device):
-    """Set weights.pth's confidence threshold to the best F1 on val (unless the template fixes it)."""
+    """Set weights.pth's confidence threshold to the best F1 on val (unless the template fixes it).
+    val_loader holds this rank's share of val_samples."""
     checkpoint = load_checkpoint(weights_path)
     load_state(model, checkpoint["model"], weights_path)
     postprocessing = template["hyper_parameters"]["postprocessing"]
     fixed = None if postprocessing["result_based_confidence_threshold"] else postprocessing["confidence_threshold"]
-    predictions = predict(TorchPredictor(model, schema, fixed, template, device), val_loader)
+    predictions = distributed.gather_shards(predict(TorchPredictor(model, schema, fixed, template, device), val_loader))
     performance, result = score(val_samples, predictions, schema, fixed)
+    if not distributed.is_main():
+        return
     if fixed is None:
         log.info("Setting confidence threshold to %g based on results", performance["confidence_threshold"])
     checkpoint["confidence_threshold"], checkpoint["metrics"] = performance["confidence_threshold"], performance

@@ -4,7 +4,7 @@ import io
 import math
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -173,6 +173,11 @@ class SplitSpec:
     columns: dict | None = None  # table formats: {role: column name} where detection guesses wrong
     bbox_format: str | None = None  # "xyxy" or "xywh" where a format allows both
     image_list: Path | None = None  # keep only the images listed in this file (one name, stem or path a line)
+
+    def absolute(self):
+        """The same spec with absolute paths, for a process with another working directory."""
+        return replace(self, **{key: Path(getattr(self, key)).absolute()
+                                for key in ("ann_files", "data_roots", "image_list") if getattr(self, key)})
 
 
 @dataclass
