@@ -168,28 +168,43 @@ def export(load_weights, output, export_format, precision):
     run_export(load_weights, output, FORMATS if export_format == "all" else (export_format,), precision)
 
 
-@cli.command()
+@cli.command(cls=ParamsCommand, epilog="With --method qat, " + PARAMS_HELP[0].lower() + PARAMS_HELP[1:] +
+             " QAT's own: --qat.epochs (most epochs, default 5) and --qat.lr_factor (of learning_rate, default 0.1).")
 @click.option("--load-weights", required=True, type=click.Path(),
-              help="The FP32 openvino.xml from `otxlite export` (or a weights.pth: exported first, into OUTPUT/fp32).")
+              help="The FP32 openvino.xml from `otxlite export` (post-training quantization), or the weights.pth "
+                   "from `otxlite train` (quantization-aware training).")
 @data_options(["train", "val", "test"])
 @click.option("--output", "-o", type=click.Path(), default="runs/optimize", show_default=True)
+@click.option("--method", type=click.Choice(["ptq", "qat"]),
+              help="ptq: post-training quantization of the IR (a weights.pth is exported first, into OUTPUT/fp32); "
+                   "qat: quantization-aware training of the weights.pth.  [default: ptq for an openvino.xml, qat for "
+                   "a weights.pth]")
 @click.option("--subset-size", type=click.IntRange(min=1),
               help="Training images used for calibration.  [default: 300, or all when the train split is smaller]")
 @click.option("--preset", type=click.Choice(["mixed", "performance"]), default="mixed", show_default=True,
               help="NNCF preset: mixed (asymmetric activations) keeps more accuracy; performance is symmetric.")
 @click.option("--max-accuracy-drop", type=click.FloatRange(min=0),
-              help="Accuracy-controlled quantization: keep the val mAP@0.5 drop within this (e.g. 0.01).")
-def optimize(load_weights, data, output, subset_size, preset, max_accuracy_drop, **paths):
-    """Quantize an exported model to INT8 with NNCF, calibrated on the train split.
+              help="Keep the val mAP@0.5 drop within this: ptq with accuracy control; qat trains until it holds "
+                   "(at most --qat.epochs).  [default: none for ptq, 0.01 for qat]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where quantization-aware training runs.")
+@click.option("--resume", is_flag=True, help="Continue the quantization-aware training in --output.")
+def optimize(load_weights, data, output, method, subset_size, preset, max_accuracy_drop, device, resume, overrides,
+             **paths):
+    """Quantize a model to INT8 with NNCF: post-training on an openvino.xml, quantization-aware training on a
+    weights.pth.
 
     Writes OUTPUT/openvino.xml (+ .bin), label_schema.json, config.json and performance.json (FP32 and
-    INT8 mAP, F1 and latency side by side, on the test split when there is one).
+    INT8 mAP, F1 and latency side by side, on the test split when there is one); with qat also
+    OUTPUT/weights_int8.pth (the fine-tuned quantized PyTorch model, which eval and export take) and
+    OUTPUT/checkpoints/last.pth (for --resume).
     """
     from otxlite.data import split_specs
     from otxlite.optimize import optimize as run_optimize
 
     setup_logging()
-    run_optimize(load_weights, split_specs(data, **paths), output, subset_size, preset, max_accuracy_drop)
+    run_optimize(load_weights, split_specs(data, **paths), output, subset_size, preset, max_accuracy_drop, method,
+                 overrides, device, resume)
 
 
 @cli.command()

@@ -16,6 +16,7 @@ from otxlite.tasks import task_of
 from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
                            write_label_schema)
 from otxlite.models import model_from_checkpoint
+from otxlite.quantization import where_without_list
 
 log = logging.getLogger("otxlite")
 OPSET = 17  # RoiAlign with aligned=True needs 16 or more
@@ -38,13 +39,12 @@ class ExportWrapper(torch.nn.Module):
         return tuple(output[name] for name in self.outputs)
 
 
-def model_metadata(checkpoint):
+def model_metadata(checkpoint, model):
     """What a lone model file needs to describe itself, as strings."""
-    transform = model_from_checkpoint(checkpoint, "checkpoint").transform
     return {"otxlite_version": __version__, "template_id": checkpoint["template"]["id"],
             "template": json.dumps(checkpoint["template"]), "labels": json.dumps(checkpoint["labels"]),
             "confidence_threshold": str(checkpoint["confidence_threshold"]),
-            "input_size": json.dumps(input_size(transform))}
+            "input_size": json.dumps(input_size(model.transform))}
 
 
 def input_size(transform):
@@ -55,19 +55,35 @@ def input_size(transform):
 
 
 def export(weights, output, formats=FORMATS, precision="FP32"):
-    """Export a weights.pth to output/model.onnx and/or output/openvino.xml (+ .bin); returns the paths."""
-    weights, output = Path(weights), Path(output)
+    """Export a weights.pth (or a quantization-aware-trained weights_int8.pth) to output/model.onnx and/or
+    output/openvino.xml (+ .bin); returns the paths."""
+    weights = Path(weights)
     checkpoint = load_weights(weights)
-    schema = read_label_schema(weights, expected=checkpoint["labels"])
+    read_label_schema(weights, expected=checkpoint["labels"])
     if precision not in ("FP32", "FP16"):
         raise OtxliteError(f"--precision {precision}: use FP32 or FP16.")
+    return export_model(model_from_checkpoint(checkpoint, weights), checkpoint, output, formats, precision)
+
+
+def export_model(model, checkpoint, output, formats=FORMATS, precision="FP32"):
+    """Export model, built from checkpoint (or quantized from it, with checkpoint["quantization"]), to output.
+
+    A quantized model becomes an INT8 IR: its NNCF FakeQuantize nodes are OpenVINO operations, which ONNX
+    Runtime does not have, so it gets no model.onnx.
+    """
+    output = Path(output)
+    if "quantization" in checkpoint:
+        if "openvino" not in formats:
+            raise OtxliteError("A quantization-aware-trained model exports to OpenVINO IR only (its FakeQuantize "
+                               "operations are OpenVINO's). Use --format openvino or all.")
+        formats, precision = ("openvino",), "INT8"
     make_folder(output)
+    schema = checkpoint["labels"]
     outputs = task_of(schema).outputs
-    model = ExportWrapper(model_from_checkpoint(checkpoint, weights), outputs).eval()
-    metadata = model_metadata(checkpoint)
+    metadata = model_metadata(checkpoint, model)
     onnx_path = output / "model.onnx"
-    log.info("Exporting %s to ONNX (opset %d)", weights, OPSET)
-    export_onnx(model, onnx_path, metadata, outputs)
+    log.info("Exporting %s to ONNX (opset %d)", checkpoint["template"]["id"], OPSET)
+    export_onnx(ExportWrapper(model, outputs).eval(), onnx_path, metadata, outputs)
     written = [onnx_path]
     if "openvino" in formats:
         written.append(export_openvino(onnx_path, output / "openvino.xml", metadata, precision))
@@ -118,7 +134,8 @@ def export_onnx(model, path, metadata, outputs):
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(), mock.patch(
             "torchvision.ops.boxes._batched_nms_coordinate_trick", batched_nms_without_branch), mock.patch(
-            "torchvision.models.detection._utils.BoxCoder.decode", decode_without_branch):
+            "torchvision.models.detection._utils.BoxCoder.decode", decode_without_branch), mock.patch(
+            "torch.where", where_without_list):
         warnings.simplefilter("ignore")  # torchvision's tracer warnings are expected and harmless here
         torch.onnx.export(model, (torch.rand(1, 3, 480, 640),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["image"], output_names=list(outputs),

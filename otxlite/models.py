@@ -251,8 +251,13 @@ def load_state(model, state_dict, source, keep_class_head=True):
 
 
 def model_from_checkpoint(checkpoint, source):
-    """The detector stored in an otxlite checkpoint, in eval mode."""
+    """The detector stored in an otxlite checkpoint, in eval mode: quantized (with NNCF's fake quantizers) when
+    it is a weights_int8.pth of quantization-aware training."""
     model = build_model(checkpoint["template"], len(label_names(checkpoint["labels"])))
+    if "quantization" in checkpoint:
+        from otxlite.quantization import rebuild_quantized
+
+        model = rebuild_quantized(model, checkpoint["quantization"])
     load_state(model, checkpoint["model"], source)
     return model.eval()
 

@@ -1,4 +1,5 @@
-"""`otxlite optimize`: NNCF post-training INT8 quantization of an exported OpenVINO IR."""
+"""`otxlite optimize`: NNCF INT8 quantization: post-training on an exported OpenVINO IR, or quantization-aware
+training on a weights.pth."""
 
 import logging
 import random
@@ -11,42 +12,56 @@ from tqdm import tqdm
 from otxlite import OtxliteError
 from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import KEY_PREFIX, coco_map, evaluate, headline_figures
-from otxlite.export import export, save_openvino
+from otxlite.export import export, export_model, save_openvino
 from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
 from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images
+from otxlite.qat import WEIGHTS_INT8, quantization_aware_training
+from otxlite.quantization import (OUTSIDE_QUANTIZED_MODULES_IN_EXPORT, QUANTIZED_MODULES, checked_subset_size,
+                                  import_nncf)
 from otxlite.tasks import as_detections, task_of
 
 log = logging.getLogger("otxlite")
-DEFAULT_SUBSET_SIZE = 300
+QAT_MAX_ACCURACY_DROP = 0.01
 LATENCY_RUNS = 20
-# What NNCF may quantize: the layers of the detector's feature modules (backbone with FPN, RPN head, box head,
-# class/box heads, mask head), named "/model/<module path>/..." in the exported graph. The rest (resize, anchors, box
-# decoding, NMS, RoIAlign's arithmetic) stays in float: measured with OpenVINO's performance counters,
-# quantizing it all made MobileNetV3-320 slower than FP32, and quantizing only convolutions and fully
-# connected layers left FakeQuantize and Reorder nodes between int8 layers and float residual Adds.
-QUANTIZED_MODULES = ("backbone", "rpn/head", "roi_heads/box_head", "roi_heads/box_predictor", "roi_heads/mask_head",
-                     "roi_heads/mask_predictor", "head")
-OUTSIDE_QUANTIZED_MODULES = rf"^(?!/model/({'|'.join(QUANTIZED_MODULES)})/).*"
+METHODS = ("ptq", "qat")
 
 
-def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_accuracy_drop=None):
-    """Quantize model_path (openvino.xml, or a weights.pth exported first) to output/openvino.xml in INT8.
+def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_accuracy_drop=None, method=None,
+             overrides=None, device="auto", resume=False):
+    """Quantize model_path to output/openvino.xml in INT8; returns that path.
 
-    Calibrates on the train split; with max_accuracy_drop, keeps the drop of the task's headline mAP@0.5 (boxes,
-    or masks for instance segmentation) on val within it.
-    Also writes label_schema.json, config.json and performance.json (FP32 and INT8 side by side).
+    method "ptq" (the default for an openvino.xml; a weights.pth is exported first) calibrates the IR on the train
+    split; with max_accuracy_drop, NNCF keeps the drop of the task's headline mAP@0.5 (boxes, or masks for instance
+    segmentation) on val within it. method "qat" (the default for a weights.pth) quantizes the PyTorch model and
+    fine-tunes it on train until that drop on val is within max_accuracy_drop (default 0.01), also writing
+    output/weights_int8.pth. Both write label_schema.json, config.json and performance.json (FP32 and INT8 side by
+    side).
     """
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # NNCF's import warns of no CUDA
-    import nncf
+    model_path, output = Path(model_path), Path(output)
+    method = method or ("qat" if model_path.suffix == ".pth" else "ptq")
+    if method not in METHODS:
+        raise OtxliteError(f"--method {method}: use ptq or qat.")
+    if model_path.suffix not in (".pth", ".xml"):
+        raise OtxliteError(f"{model_path}: optimize takes an openvino.xml from `otxlite export` or a weights.pth.")
+    if method == "qat":
+        if model_path.suffix != ".pth":
+            raise OtxliteError(f"{model_path}: quantization-aware training trains the PyTorch model. Pass the "
+                               f"weights.pth that `otxlite train` wrote, or use --method ptq.")
+        return train_quantized(model_path, specs, output, subset_size, preset, max_accuracy_drop, overrides,
+                               device, resume)
+    if resume or overrides:
+        raise OtxliteError("--resume and params belong to quantization-aware training (--method qat).")
+    return quantize_ir(model_path, specs, output, subset_size, preset, max_accuracy_drop)
+
+
+def quantize_ir(model_path, specs, output, subset_size, preset, max_accuracy_drop):
+    """Post-training quantization of an IR (or of the IR exported from a weights.pth) with NNCF."""
+    nncf = import_nncf()
     import openvino as ov
 
-    nncf.set_log_level(logging.WARNING)  # its INFO lists every ignored node; progress bars stay
-    model_path, output = Path(model_path), Path(output)
     require_splits(specs, "train", *(["val"] if max_accuracy_drop is not None else []))
     if model_path.suffix == ".pth":
         model_path = export(model_path, output / "fp32", formats=("openvino",))[0]
-    elif model_path.suffix != ".xml":
-        raise OtxliteError(f"{model_path}: optimize takes an openvino.xml from `otxlite export` or a weights.pth.")
     fp32 = load_predictor(model_path, "cpu")
     model = ov.Core().read_model(str(model_path))  # from disk: NNCF fails on a model fresh from convert_model
     precision = ["model_info", "precision"]
@@ -60,7 +75,7 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
     subset = random.Random(0).sample(train.samples, subset_size)
     calibration = nncf.Dataset(decoded_images(subset, fp32.schema), exported_input)
     settings = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset_size,
-                "ignored_scope": nncf.IgnoredScope(patterns=[OUTSIDE_QUANTIZED_MODULES], validate=False)}
+                "ignored_scope": nncf.IgnoredScope(patterns=[OUTSIDE_QUANTIZED_MODULES_IN_EXPORT], validate=False)}
     log.info("Quantizing %s to INT8: %d calibration images from %s, preset %s", model_path, subset_size,
              specs["train"].ann_files, preset)
     if max_accuracy_drop is None:
@@ -79,23 +94,34 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
     quantized.set_rt_info("INT8", precision)
     save_openvino(quantized, output / "openvino.xml")
     shutil.copy(model_path.with_name(LABEL_SCHEMA), output / LABEL_SCHEMA)
-    write_json(output / "config.json", {**config, "precision": "INT8", "quantization": {
-        "tool": f"nncf {nncf.__version__}", "preset": preset, "subset_size": subset_size,
+    return finish(output, model_path, specs, max_accuracy_drop, {**config, "precision": "INT8"}, {
+        "tool": f"nncf {nncf.__version__}", "method": "ptq", "preset": preset, "subset_size": subset_size,
         "quantized_modules": list(QUANTIZED_MODULES), "max_accuracy_drop": max_accuracy_drop,
-        "source": str(model_path)}})
-    performance = compare(model_path, output / "openvino.xml", specs, max_accuracy_drop)
-    write_json(output / "performance.json", performance)
+        "source": str(model_path)})
+
+
+def train_quantized(weights, specs, output, subset_size, preset, max_accuracy_drop, overrides, device, resume):
+    """Quantization-aware training of a weights.pth (see qat.py), exported to an INT8 IR by `export`'s exporter."""
+    nncf = import_nncf()
+    require_splits(specs, "train", "val")
+    max_accuracy_drop = QAT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+    make_folder(output)
+    quantized, checkpoint, summary = quantization_aware_training(weights, specs, output, subset_size, preset,
+                                                                 max_accuracy_drop, overrides, device, resume)
+    export_model(quantized.cpu().eval(), checkpoint, output, formats=("openvino",))
+    fp32_path = export(weights, output / "fp32", formats=("openvino",))[0]
+    return finish(output, fp32_path, specs, max_accuracy_drop, read_json(output / "config.json"), {
+        "tool": f"nncf {nncf.__version__}", "method": "qat", "preset": preset,
+        "quantized_modules": list(QUANTIZED_MODULES), "max_accuracy_drop": max_accuracy_drop,
+        "checkpoint": WEIGHTS_INT8, **summary, "source": str(weights)})
+
+
+def finish(output, fp32_path, specs, max_accuracy_drop, config, quantization):
+    """config.json with the quantization settings, and performance.json (FP32 vs INT8)."""
+    write_json(output / "config.json", {**config, "quantization": quantization})
+    write_json(output / "performance.json", compare(fp32_path, output / "openvino.xml", specs, max_accuracy_drop))
     log.info("Wrote %s", output / "openvino.xml")
     return output / "openvino.xml"
-
-
-def checked_subset_size(asked, available, spec):
-    if asked is None:
-        return min(DEFAULT_SUBSET_SIZE, available)
-    if asked > available:
-        raise OtxliteError(f"--subset-size {asked}: the train split ({spec.ann_files}) has only {available} images. "
-                           f"Pass --subset-size {available} or less, or add training images.")
-    return asked
 
 
 def decoded_images(samples, schema):
@@ -150,6 +176,6 @@ def compare(fp32_path, int8_path, specs, max_accuracy_drop):
         performance.update(max_accuracy_drop=max_accuracy_drop, max_accuracy_drop_met=drop <= max_accuracy_drop)
         if drop > max_accuracy_drop:
             log.warning("The INT8 model misses --max-accuracy-drop %g by %.3f: its %smAP@0.5 drop is %.3f on the %s "
-                        "split (NNCF kept it within the bound on val).", max_accuracy_drop, drop - max_accuracy_drop,
+                        "split (the bound is kept on val).", max_accuracy_drop, drop - max_accuracy_drop,
                         task.unit, drop, split)
     return performance

@@ -1,6 +1,5 @@
 """Model templates: discovery, loading and `params` overrides."""
 
-import copy
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +54,12 @@ class Distributed(Strict):
                                              "batch is batch_size times as many (the linear scaling rule)")
 
 
+class Qat(Strict):
+    epochs: int = Field(5, ge=1, description="most epochs of quantization-aware training (optimize stops as soon as "
+                                              "the val mAP@0.5 drop is within --max-accuracy-drop)")
+    lr_factor: float = Field(0.1, gt=0, description="QAT learning rate as a fraction of learning_parameters.learning_rate")
+
+
 class HyperParameters(Strict):
     learning_parameters: LearningParameters
     postprocessing: Postprocessing
@@ -64,6 +69,7 @@ class HyperParameters(Strict):
                     "arguments; true for the defaults, false to leave one out")
     anchors: Anchors = Field(default_factory=Anchors)
     distributed: Distributed = Field(default_factory=Distributed)
+    qat: Qat = Field(default_factory=Qat)
 
 
 class ModelSpec(Strict):
@@ -158,9 +164,10 @@ def apply_overrides(template, overrides):
 
     overrides maps keys such as 'learning_parameters.batch_size' (under hyper_parameters) or
     'model.kwargs.min_size' to strings, which are parsed as YAML values ('4' -> 4, 'false' -> False).
-    Entries and arguments under augmentation and model.kwargs may be new; other keys must exist.
+    Entries and arguments under augmentation and model.kwargs may be new; other keys must exist (with their
+    defaults filled in first, so a template saved before a section existed takes it too).
     """
-    template = copy.deepcopy(template)
+    template = validated(template, template.get("path", template["id"]))
     for key, text in overrides.items():
         *parents, leaf = key.split(".")
         node = template if parents and parents[0] == "model" else template["hyper_parameters"]

@@ -5,20 +5,19 @@ import contextlib
 import csv
 import io
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from otxlite import OtxliteError, __version__, distributed
 from otxlite.anchors import fit_anchors, warn_small_objects
 from otxlite.augment import Pipeline
 from otxlite.data import hold_out_val, load_splits, make_loader, require_splits
-from otxlite.evaluate import coco_map, headline_figures, performance_report, score
+from otxlite.evaluate import coco_map, headline_figures
 from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, log_file, read_torch_file,
                            save_checkpoint, write_atomic, write_label_schema)
+from otxlite.loop import BATCHNORM_IMAGES, lr_schedule, reestimate_batchnorm, train_one_epoch, tune_threshold
 from otxlite.models import InputSize, build_model, load_state
 from otxlite.predictors import TorchPredictor, pick_device, predict
 from otxlite.report import plot_history
@@ -27,8 +26,6 @@ from otxlite.tasks import task_of
 from otxlite.templates import apply_overrides
 
 log = logging.getLogger("otxlite")
-WARMUP_START_FACTOR = 0.001
-BATCHNORM_IMAGES = 64  # training images that re-estimate BatchNorm statistics before each validation
 
 
 def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
@@ -203,110 +200,6 @@ def start_from(model, path, schema):
     log.info("Started from %s (%s)", path, "all weights" if same_classes else "class head re-initialised")
 
 
-def lr_schedule(params, iters_per_epoch):
-    """Learning-rate factor per iteration: linear warm-up, then multistep (at epochs) or cosine.
-
-    As in torchvision's references, warm-up lasts at most the first epoch.
-    """
-    warmup, total = min(params["warmup_iters"], iters_per_epoch), params["num_iters"] * iters_per_epoch
-    steps, gamma, kind = params["lr_steps"], params["lr_gamma"], params["lr_scheduler"]
-    if kind not in ("multistep", "cosine"):
-        raise OtxliteError(f"lr_scheduler '{kind}' is not one of multistep, cosine.")
-
-    def factor(iteration):
-        if kind == "multistep":
-            decay = gamma ** sum(iteration >= step * iters_per_epoch for step in steps)
-        else:
-            decay = 0.5 * (1 + math.cos(math.pi * min(iteration / max(total, 1), 1.0)))
-        if iteration < warmup:
-            alpha = iteration / warmup
-            decay *= WARMUP_START_FACTOR * (1 - alpha) + alpha
-        return decay
-
-    return factor
-
-
-def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, epochs):
-    """One pass over loader; returns the mean of each loss term and of their sum ('loss')."""
-    model.train()
-    sums, count, started = {}, 0, time.perf_counter()
-    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                    disable=None if distributed.is_main() else True)
-    for batch in progress:
-        with torch.autocast(device.type, enabled=device.type == "cuda"), one_image_batchnorm_error():
-            loss_terms = model(*on_device(batch, device))
-        loss = sum(loss_terms.values())
-        if not torch.isfinite(loss):
-            raise OtxliteError(f"Training diverged: loss is {loss.item()} at epoch {epoch + 1}. "
-                               f"Lower the learning rate (params --learning_parameters.learning_rate X).")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        for name, value in loss_terms.items():
-            sums[name] = sums.get(name, 0.0) + value.item()
-        sums["loss"] = sums.get("loss", 0.0) + loss.item()
-        count += 1
-        images_per_s = count * loader.batch_sampler.batch_size / (time.perf_counter() - started)
-        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                             img_s=f"{images_per_s:.1f}")
-    means = torch.tensor([total / count for total in sums.values()], dtype=torch.float64)
-    distributed.average([means])  # over the ranks: the loss of the whole process group's batches
-    return {name: round(mean, 5) for name, mean in zip(sums, means.tolist())}
-
-
-@contextlib.contextmanager
-def one_image_batchnorm_error():
-    """BatchNorm's error for a batch of one image (where a layer sees one value per channel) as a user error."""
-    try:
-        yield
-    except ValueError as err:
-        if "Expected more than 1 value per channel" not in str(err):
-            raise
-        raise OtxliteError("A training batch of one image reached a BatchNorm layer that needs two or more (this "
-                           "template's head normalises over the batch). Use params "
-                           "--learning_parameters.batch_size 2 or more, with at least two training images.") from None
-
-
-def on_device(batch, device):
-    """A loader's (uint8 images, targets) as the model's training input: float images in [0, 1] on device."""
-    images, targets = batch
-    images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
-    targets = [{k: v.to(device, non_blocking=True) for k, v in t.items() if k != "image_id"} for t in targets]
-    return images, targets
-
-
-def reestimate_batchnorm(model, loader, device, max_images=BATCHNORM_IMAGES):
-    """Set the running statistics of the model's BatchNorm layers to averages over up to max_images of loader.
-
-    From random weights, BatchNorm's running averages (torchvision's MobileNetV3 updates them with
-    momentum 0.01) trail weights that still change fast; evaluated with them, a model that trains well
-    can lose every detection (BCCD at 480 px: val mAP@0.5 0.36 -> 0.00 in two epochs). Recomputing them
-    for the current weights, as detectron2's PreciseBN does, removes that. train passes training images without
-    augmentation: statistics of mosaics and zoomed-out grey canvases would not be those of the images the
-    model is validated on. Frozen BatchNorm (pretrained backbones) is left alone.
-    """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not layers:
-        return
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # a plain average over the batches that follow
-    model.train()
-    seen = 0
-    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"), one_image_batchnorm_error():
-        for batch in loader:
-            model(*on_device(batch, device))
-            seen += len(batch[0])
-            if seen >= max_images:
-                break
-    distributed.average([buffer for layer in layers for buffer in (layer.running_mean, layer.running_var)])
-    for layer, momentum in zip(layers, momenta):
-        layer.momentum = momentum
-
-
 def should_stop(params, epoch, best):
     return (params["enable_early_stopping"] and epoch >= params["early_stop_start"]
             and epoch - best["epoch"] >= params["early_stop_patience"])
@@ -327,23 +220,3 @@ def write_logs(folder, history):
     writer.writerows(history)
     write_atomic(folder / "metrics.csv", lambda f: f.write(buffer.getvalue().encode()))
     plot_history(history, folder / "loss.png")
-
-
-def tune_threshold(weights_path, model, template, schema, val_samples, val_loader, device):
-    """Set weights.pth's confidence threshold to the best F1 on val (unless the template fixes it).
-    val_loader holds this rank's share of val_samples."""
-    checkpoint = load_checkpoint(weights_path)
-    load_state(model, checkpoint["model"], weights_path)
-    postprocessing = template["hyper_parameters"]["postprocessing"]
-    fixed = None if postprocessing["result_based_confidence_threshold"] else postprocessing["confidence_threshold"]
-    predictions = distributed.gather_shards(predict(TorchPredictor(model, schema, fixed, template, device), val_loader))
-    performance, result = score(val_samples, predictions, schema, fixed)
-    if not distributed.is_main():
-        return
-    if fixed is None:
-        log.info("Setting confidence threshold to %g based on results", performance["confidence_threshold"])
-    checkpoint["confidence_threshold"], checkpoint["metrics"] = performance["confidence_threshold"], performance
-    checkpoint["threshold_tuned"] = True
-    save_checkpoint(weights_path, checkpoint)
-    log.info("Validation of the best epoch (%d):%s", checkpoint["epoch"],
-             performance_report(performance, result, tuned=fixed is None, task=task_of(template)))

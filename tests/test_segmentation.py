@@ -380,6 +380,20 @@ def test_optimize_quantizes_the_mask_head_and_compares_mask_ap(fitted_segmenter,
     assert len(found["rles"]) == len(found["boxes"]) > 0
 
 
+def test_qat_on_mask_rcnn_quantizes_the_mask_head_and_exports_masks(fitted_segmenter, tmp_path):
+    root, weights = fitted_segmenter
+    int8 = optimize(weights, read_data_yaml(root / "data.yaml"), tmp_path / "qat", subset_size=2,
+                    overrides={"qat.epochs": "1"})
+    assert json.loads((tmp_path / "qat" / "config.json").read_text())["quantization"]["method"] == "qat"
+    assert any(module.startswith("/model/roi_heads/mask_head/") for module in quantized_modules(int8))
+    performance = json.loads((tmp_path / "qat" / "performance.json").read_text())
+    assert {"segm_map_50", "map_50"} <= set(performance["comparison"]["int8"])
+    image = decode_image(root / "images" / "000000000165.jpg")
+    for path in (int8, tmp_path / "qat" / "weights_int8.pth"):
+        found = load_predictor(path)([image])[0]
+        assert len(found["rles"]) == len(found["boxes"]) > 0, path
+
+
 def test_deploy_runner_encodes_rle_as_pycocotools_does():
     generator = np.random.default_rng(0)
     for trial in range(200):

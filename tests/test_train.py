@@ -16,7 +16,8 @@ from otxlite.data import split_specs
 from otxlite.files import UMASK, load_checkpoint, read_json, save_checkpoint
 from otxlite.models import build_model, class_head_paths, model_from_checkpoint
 from otxlite.templates import find_templates, resolve_template
-from otxlite.train import lr_schedule, reestimate_batchnorm, train
+from otxlite.loop import lr_schedule, reestimate_batchnorm
+from otxlite.train import train
 
 TEMPLATE_IDS = sorted(t["id"] for t in find_templates("detection"))
 TWO_ITERATIONS = {"learning_parameters.num_iters": "2", "learning_parameters.batch_size": "2"}
