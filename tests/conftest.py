@@ -137,3 +137,19 @@ def quantized_modules(xml_path):
     return {target.get_node().get_friendly_name().rsplit("/", 1)[0] for op in model.get_ops()
             if op.get_type_name() == "FakeQuantize" for target in op.output(0).get_target_inputs()
             if target.get_node().get_type_name() != "ShapeOf"}
+
+
+def int8_layers(xml_path):
+    """The module paths ("/model/backbone/...") of the convolutions and fully connected layers that OpenVINO's CPU
+    plugin runs in int8: what quantization buys, whatever names the IR's nodes kept through fusions."""
+    import openvino as ov
+
+    runtime = ov.Core().compile_model(str(xml_path), "CPU").get_runtime_model()
+    layers = set()
+    for op in runtime.get_ops():
+        info = op.get_rt_info()
+        if (info["layerType"].astype(str) in ("Convolution", "FullyConnected")
+                and info["runtimePrecision"].astype(str) in ("u8", "i8")):
+            names = info["originalLayersNames"].astype(str).split(",")
+            layers.add(next((name.rsplit("/", 1)[0] for name in names if name.startswith("/model/")), names[0]))
+    return layers
