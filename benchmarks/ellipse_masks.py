@@ -18,8 +18,8 @@ import numpy as np
 import yaml
 
 from otxlite.data import load_splits, read_data_yaml
+from qat import write_bccd_yaml  # benchmarks/qat.py, beside this script
 
-BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "BCCD"
 POINTS = 32
 
 
@@ -53,11 +53,7 @@ def main():
     parser.add_argument("--output", type=Path, default=Path("/tmp/bccd-ellipses"))
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
-    data = args.data
-    if data is None:
-        data = args.output / "bccd.yaml"
-        data.write_text("data:\n" + "".join(f"  {s}: {{ann-files: {BCCD}, data-roots: {BCCD / 'JPEGImages'}}}\n"
-                                            for s in ("train", "val", "test")))
+    data = args.data or write_bccd_yaml(args.output / "bccd.yaml")
     splits, schema = load_splits(read_data_yaml(data))
     names = [label["name"] for label in schema["labels"]]
     entries = {}

@@ -14,7 +14,6 @@ import collections
 import statistics
 from pathlib import Path
 
-import numpy as np
 import openvino
 
 from otxlite.formats.base import decode_image

@@ -25,6 +25,13 @@ from pathlib import Path
 BCCD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bccd" / "BCCD"
 
 
+def write_bccd_yaml(path):
+    """Write a data.yaml of BCCD's own train/val/test split (Pascal VOC ImageSets) to path; returns path."""
+    path.write_text("data:\n" + "".join(f"  {s}: {{ann-files: {BCCD}, data-roots: {BCCD / 'JPEGImages'}}}\n"
+                                        for s in ("train", "val", "test")))
+    return path
+
+
 def otxlite(*args):
     """Run the otxlite command; exit on failure with its output. Returns the minutes it took."""
     started = time.perf_counter()
@@ -48,12 +55,9 @@ def main():
     args = parser.parse_args()
     epochs = args.epochs * len(args.templates) if len(args.epochs) == 1 else args.epochs
     args.output.mkdir(parents=True, exist_ok=True)
-    data = args.data.resolve() if args.data else args.output / "bccd.yaml"
-    if not args.data:
-        data.write_text("data:\n" + "".join(f"  {s}: {{ann-files: {BCCD}, data-roots: {BCCD / 'JPEGImages'}}}\n"
-                                            for s in ("train", "val", "test")))
+    data = args.data.resolve() if args.data else write_bccd_yaml(args.output / "bccd.yaml")
     calibration = ["--subset-size", args.subset_size] if args.subset_size else []
-    rows = []
+    rows, compared = [], []
     for template, count in zip(args.templates, epochs):
         run = args.output / template
         weights = run / "train" / "weights.pth"
@@ -72,6 +76,7 @@ def main():
         for name, figures, minutes in (("FP32", ptq["comparison"]["fp32"], train_minutes),
                                        ("PTQ INT8", ptq["comparison"]["int8"], ptq_minutes),
                                        ("QAT INT8", qat["comparison"]["int8"], qat_minutes)):
+            compared.append(figures)
             masks = [figures[key] for key in ("segm_map_50", "segm_map_50_95") if key in figures]
             rows.append((template, name, *masks, figures["map_50"], figures["map_50_95"], figures["f-measure"],
                          figures["latency_ms"], minutes))
@@ -81,7 +86,8 @@ def main():
     print(f"\nTest split of {data}, {args.preset} preset; minutes: training for FP32 (0 when reused), the optimize "
           f"command for INT8\n")
     masks = ["mask mAP@0.5", "mask mAP@[.5:.95]", "box mAP@0.5", "box mAP@[.5:.95]"]
-    columns = ["template", "model", *(masks if any(len(row) == 9 for row in rows) else masks[2:]), "F1",
+    with_masks = any("segm_map_50" in figures for figures in compared)
+    columns = ["template", "model", *(masks if with_masks else masks[2:]), "F1",
                "latency ms", "minutes"]
     print("| " + " | ".join(columns) + " |\n|" + " --- |" * len(columns))
     for template, name, *numbers, latency, minutes in rows:
