@@ -19,10 +19,12 @@ README = """# {name}: an otxlite detector
     .venv/bin/python run.py IMAGE_OR_FOLDER [--threshold T] [--json detections.json]
 
 `run.py` prints one line per image; `--json` writes COCO results (image_id, file_name, category_id,
-category_name, bbox as x, y, w, h in pixels, score). In Python: `from run import Detector;
-boxes, scores, labels = Detector()(rgb_array)`. The model takes one RGB image as [1, 3, H, W] float32
-in 0..1 at any size; resizing, normalisation and NMS are inside it. Files: model/openvino.xml + .bin,
-model/label_schema.json (label ids and names), model/config.json.
+category_name, bbox as x, y, w, h in pixels, score, and for instance segmentation `segmentation` as
+COCO RLE). In Python: `from run import Detector, paste_mask; boxes, scores, labels, masks =
+Detector()(rgb_array)`; masks is None for detection, else each box's 28x28 mask probabilities, and
+`paste_mask(masks[i], boxes[i], height, width)` gives detection i's mask in the image. The model takes
+one RGB image as [1, 3, H, W] float32 in 0..1 at any size; resizing, normalisation and NMS are inside
+it. Files: model/openvino.xml + .bin, model/label_schema.json (label ids and names), model/config.json.
 """
 
 

@@ -31,14 +31,43 @@ class Detector:
                                         {"INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, image):
-        """HxWx3 uint8 RGB array -> boxes [N, 4] (x1, y1, x2, y2), scores [N], label ids [N], and masks
-        [N, H, W] (bool) for instance segmentation, else None."""
+        """HxWx3 uint8 RGB array -> boxes [N, 4] (x1, y1, x2, y2), scores [N], label ids [N], and for instance
+        segmentation each box's mask probabilities [N, M, M] (paste_mask puts one into the image), else None."""
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], np.float32) / 255
         result = self.model([tensor])
         boxes, scores, labels, *masks = (result[output] for output in self.model.outputs)
         kept = labels.reshape(-1) > 0  # a background row is no detection
-        masks = masks[0].reshape(len(kept), *image.shape[:2])[kept] > MASK_THRESHOLD if masks else None
+        masks = masks[0].reshape(len(kept), *masks[0].shape[-2:])[kept] if masks else None
         return boxes.reshape(-1, 4)[kept], scores.reshape(-1)[kept], labels.reshape(-1)[kept], masks
+
+
+def paste_mask(mask, box, height, width):
+    """One box's M x M mask probabilities as a bool height x width mask, pasted as torchvision's Mask R-CNN does:
+    the mask padded by a pixel and the box widened by (M + 2) / M, resized bilinearly, thresholded."""
+    size = mask.shape[-1]
+    half = (box[2:] - box[:2]) * np.float32(0.5) * np.float32((size + 2) / size)
+    center = (box[2:] + box[:2]) * np.float32(0.5)
+    x1, y1, x2, y2 = np.concatenate([center - half, center + half]).astype(np.int64)  # toward zero, as torch
+    resized = resize_bilinear(np.pad(mask, 1), max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1))
+    pasted = np.zeros((height, width), bool)
+    top, bottom, left, right = max(y1, 0), min(y2 + 1, height), max(x1, 0), min(x2 + 1, width)
+    if top < bottom and left < right:
+        pasted[top:bottom, left:right] = resized[top - y1:bottom - y1, left - x1:right - x1] > MASK_THRESHOLD
+    return pasted
+
+
+def resize_bilinear(image, height, width):
+    """A 2-D float32 array resized to height x width as torch's bilinear interpolation (align_corners=False)."""
+    def taps(size, out):
+        position = np.maximum((np.arange(out, dtype=np.float32) + np.float32(0.5)) * np.float32(size / out)
+                              - np.float32(0.5), 0)
+        low = position.astype(np.int64)
+        return low, np.minimum(low + 1, size - 1), position - low
+
+    (r0, r1, dy), (c0, c1, dx) = taps(image.shape[0], height), taps(image.shape[1], width)
+    top = image[r0][:, c0] * (1 - dx) + image[r0][:, c1] * dx
+    bottom = image[r1][:, c0] * (1 - dx) + image[r1][:, c1] * dx
+    return top * (1 - dy)[:, None] + bottom * dy[:, None]
 
 
 def coco_rle(mask):
@@ -75,14 +104,16 @@ def main():
     records = []
     for image_id, path in enumerate(files, 1):
         with Image.open(path) as image:
-            boxes, scores, labels, masks = detector(np.array(image.convert("RGB")))
+            rgb = np.array(image.convert("RGB"))
+        boxes, scores, labels, masks = detector(rgb)
         for i in np.flatnonzero(scores > threshold):
             x1, y1, x2, y2 = boxes[i].tolist()
             records.append({"image_id": image_id, "file_name": path.relative_to(root).as_posix(),
                             "category_id": int(labels[i]), "category_name": detector.labels[int(labels[i])],
                             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                             "score": round(float(scores[i]), 5),
-                            **({"segmentation": coco_rle(masks[i])} if masks is not None else {})})
+                            **({"segmentation": coco_rle(paste_mask(masks[i], boxes[i], *rgb.shape[:2]))}
+                               if masks is not None else {})})
         kept = scores > threshold
         print(f"{path}: {int(kept.sum())} detections scoring above {threshold:g}")
     if args.json:

@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from otxlite import OtxliteError, __version__
-from otxlite.tasks import task_of
+from otxlite.tasks import MASK_OUTPUT, task_of
 from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
                            write_label_schema)
 from otxlite.models import model_from_checkpoint
@@ -25,9 +25,9 @@ FORMATS = ("onnx", "openvino")
 
 class ExportWrapper(torch.nn.Module):
     """[1, 3, H, W] RGB in 0..1 -> the task's outputs: boxes [N, 4] in the image's pixels, scores [N], labels [N],
-    and for instance segmentation masks [N, 1, H, W] (probabilities, pasted into the image).
+    and for instance segmentation masks [N, 1, 28, 28] (each box's mask probabilities, not pasted: MASK_OUTPUT).
 
-    Resizing, normalisation, box decoding, NMS and mask pasting are the torchvision model's own, inside the graph.
+    Resizing, normalisation, box decoding and NMS are the torchvision model's own, inside the graph.
     """
 
     def __init__(self, model, outputs):
@@ -44,7 +44,8 @@ def model_metadata(checkpoint, model):
     return {"otxlite_version": __version__, "template_id": checkpoint["template"]["id"],
             "template": json.dumps(checkpoint["template"]), "labels": json.dumps(checkpoint["labels"]),
             "confidence_threshold": str(checkpoint["confidence_threshold"]),
-            "input_size": json.dumps(input_size(model.transform))}
+            "input_size": json.dumps(input_size(model.transform)),
+            **({"mask_output": MASK_OUTPUT} if task_of(checkpoint["labels"]).masks else {})}
 
 
 def input_size(transform):
@@ -128,11 +129,17 @@ def decode_without_branch(self, rel_codes, boxes):
     return pred_boxes.reshape(concat_boxes.shape[0], rel_codes.shape[-1] // 4, 4)
 
 
+def masks_per_box(masks, boxes, img_shape, padding=1):
+    """In place of torchvision's paste_masks_in_image: the masks as they are, [N, 1, 28, 28] (MASK_OUTPUT)."""
+    return masks
+
+
 def export_onnx(model, path, metadata, outputs):
     import onnx
 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(), mock.patch(
+            "torchvision.models.detection.transform.paste_masks_in_image", masks_per_box), mock.patch(
             "torchvision.ops.boxes._batched_nms_coordinate_trick", batched_nms_without_branch), mock.patch(
             "torchvision.models.detection._utils.BoxCoder.decode", decode_without_branch), mock.patch(
             "torch.where", where_without_list):
@@ -140,9 +147,7 @@ def export_onnx(model, path, metadata, outputs):
         torch.onnx.export(model, (torch.rand(1, 3, 480, 640),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["image"], output_names=list(outputs),
                           dynamic_axes={"image": {2: "height", 3: "width"},
-                                        **{name: {0: "detections"} for name in outputs},
-                                        **({"masks": {0: "detections", 2: "height", 3: "width"}}
-                                           if "masks" in outputs else {})})
+                                        **{name: {0: "detections"} for name in outputs}})
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

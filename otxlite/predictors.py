@@ -11,9 +11,10 @@ import torch
 
 from otxlite import OtxliteError
 from otxlite.files import load_weights, read_label_schema
-from otxlite.tasks import as_detections, task_of
+from otxlite.tasks import MASK_OUTPUT, as_detections, task_of
 
 METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
+TASK_METADATA_KEYS = ("mask_output",)  # what it embeds for some tasks only
 
 
 class TorchPredictor:
@@ -70,13 +71,16 @@ class ExportedPredictor:
         self.template = json.loads(metadata["template"])
         self.device = device
         self.outputs = task_of(self.schema).outputs
+        if "masks" in self.outputs and metadata.get("mask_output") != MASK_OUTPUT:
+            raise OtxliteError(f"{path}: exported by an earlier otxlite, which pasted the masks inside the model. "
+                               f"Export it again with `otxlite export` (masks now leave the model per box).")
 
     def __call__(self, images):
-        return [self.detections(self.run(exported_input(image))) for image in images]
+        return [self.detections(self.run(exported_input(image)), image.shape[:2]) for image in images]
 
-    def detections(self, outputs):
-        """An exported model's outputs (in the task's order) as a detections dict."""
-        return as_detections(dict(zip(self.outputs, outputs)))
+    def detections(self, outputs, image_size):
+        """An exported model's outputs (in the task's order) for an image of image_size (H, W) as a detections dict."""
+        return as_detections(dict(zip(self.outputs, outputs)), image_size)
 
 
 def exported_input(image):
@@ -119,7 +123,7 @@ class OpenVinoPredictor(ExportedPredictor):
         except RuntimeError as err:
             raise OtxliteError(f"{path}: not a readable OpenVINO IR ({cause(err)}).") from None
         metadata = {key: model.get_rt_info(["model_info", key]).astype(str)
-                    for key in METADATA_KEYS if model.has_rt_info(["model_info", key])}
+                    for key in METADATA_KEYS + TASK_METADATA_KEYS if model.has_rt_info(["model_info", key])}
         super().__init__(path, metadata, device)
         hints = {"INFERENCE_PRECISION_HINT": inference_precision} if inference_precision else {}
         if throughput:
@@ -137,7 +141,8 @@ class OpenVinoPredictor(ExportedPredictor):
         results = [None] * len(images)
 
         def collect(request, index):
-            results[index] = self.detections([request.get_tensor(output).data.copy() for output in self.compiled.outputs])
+            results[index] = self.detections([request.get_tensor(output).data.copy() for output in self.compiled.outputs],
+                                             images[index].shape[:2])
 
         self.requests.set_callback(collect)
         for index, image in enumerate(images):

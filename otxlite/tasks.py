@@ -8,12 +8,18 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 from pycocotools import mask as coco_mask
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from otxlite import OtxliteError
 from otxlite.metrics import box_overlaps, mask_overlaps
 
 MASK_THRESHOLD = 0.5  # a pixel belongs to an instance where its mask probability is above this
+# What an exported mask model returns for masks (its metadata's "mask_output"): each detection's M x M probabilities
+# (28 x 28 for torchvision's Mask R-CNN), which the predictors and the deploy runner paste into the image. Pasted
+# inside the graph, torchvision's per-detection Loop took 75-81 % of the OpenVINO model's time.
+MASK_OUTPUT = "box"
 KEY_PREFIX = {"bbox": "", "segm": "segm_"}  # performance.json keys: map_50 (boxes), segm_map_50 (masks)
 
 
@@ -51,16 +57,21 @@ def task_of(source):
     return TASKS[name]
 
 
-def as_detections(outputs):
-    """A model's outputs (numpy: boxes [N, 4], scores, labels, and masks [N, 1, H, W] probabilities when the
-    task has masks) as otxlite's detections dict; masks become COCO RLEs ('rles'), thresholded at MASK_THRESHOLD."""
+def as_detections(outputs, image_size=None):
+    """A model's outputs (numpy: boxes [N, 4], scores, labels, and when the task has masks, masks: [N, 1, H, W]
+    probabilities pasted into the image, or with image_size (H, W) an exported model's per-box [N, 1, M, M]) as
+    otxlite's detections dict; masks become COCO RLEs ('rles'), thresholded at MASK_THRESHOLD."""
     labels = np.asarray(outputs["labels"]).reshape(-1)
     kept = labels > 0  # a row of background: what OpenVINO can return for "no detection"
     detections = {"boxes": np.asarray(outputs["boxes"], np.float32).reshape(-1, 4)[kept],
                   "scores": np.asarray(outputs["scores"]).reshape(-1)[kept], "labels": labels[kept]}
     if "masks" in outputs:
-        masks = np.asarray(outputs["masks"])
-        masks = masks.reshape(len(labels), *masks.shape[-2:])[kept] > MASK_THRESHOLD
+        masks = np.asarray(outputs["masks"], np.float32)
+        masks = masks.reshape(len(labels), 1, *masks.shape[-2:])[kept]
+        if image_size is not None:
+            masks = paste_masks_in_image(torch.from_numpy(masks), torch.from_numpy(detections["boxes"]),
+                                         tuple(image_size)).numpy()
+        masks = masks[:, 0] > MASK_THRESHOLD
         detections["rles"] = coco_mask.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) \
             if len(masks) else []
     return detections

@@ -15,10 +15,13 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from conftest import ROOT, quantized_modules, write_coco
+
+from otxlite import OtxliteError
 from otxlite.data import check_split, label_schema, load_splits, read_data_yaml, split_specs
-from otxlite.deploy_runner import coco_rle
+from otxlite.deploy_runner import Detector, coco_rle, paste_mask
 from otxlite.evaluate import coco_ground_truth, coco_results, score
 from otxlite.export import export
 from otxlite.files import save_checkpoint
@@ -340,6 +343,38 @@ def test_exported_masks_match_pytorch_on_every_backend(fitted_segmenter):
     assert compared >= 8  # the fitted model is confident on its images
 
 
+def test_exported_masks_are_per_box_and_the_deploy_runner_pastes_them_as_predict_does(fitted_segmenter):
+    """The IR returns 28x28 masks per detection; the deploy runner's numpy pasting gives predict's masks exactly."""
+    root, _ = fitted_segmenter
+    xml = root / "export" / "openvino.xml"
+    predictor, detector = load_predictor(xml), Detector(xml.parent)
+    image = decode_image(root / "images" / "000000000165.jpg")
+    for picture in (image, np.ascontiguousarray(image[:300, :500]), np.asarray(Image.fromarray(image).resize((800, 400)))):
+        expected = predictor([picture])[0]
+        boxes, scores, labels, masks = detector(picture)
+        assert masks.shape == (len(boxes), 28, 28) and len(boxes) == len(expected["boxes"]) > 0
+        for i in np.flatnonzero(scores > 0.5):
+            assert coco_rle(paste_mask(masks[i], boxes[i], *picture.shape[:2])) == coco_mask_text(expected["rles"][i])
+
+
+def coco_mask_text(rle):
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode()}
+
+
+def test_a_model_exported_with_masks_pasted_inside_is_refused_with_the_fix(fitted_segmenter, tmp_path):
+    import onnx
+
+    root, _ = fitted_segmenter
+    proto = onnx.load(root / "export" / "model.onnx")
+    kept = [prop for prop in proto.metadata_props if prop.key != "mask_output"]  # as otxlite wrote it before
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, tmp_path / "model.onnx")
+    shutil.copy(root / "export" / "label_schema.json", tmp_path)
+    with pytest.raises(OtxliteError, match="pasted the masks inside the model. Export it again"):
+        load_predictor(tmp_path / "model.onnx")
+
+
 def test_no_detection_is_empty_on_every_backend_and_predict_writes_rle(fitted_segmenter, tmp_path):
     root, weights = fitted_segmenter
     checkpoint = torch.load(weights, weights_only=True)
@@ -392,6 +427,21 @@ def test_qat_on_mask_rcnn_quantizes_the_mask_head_and_exports_masks(fitted_segme
     for path in (int8, tmp_path / "qat" / "weights_int8.pth"):
         found = load_predictor(path)([image])[0]
         assert len(found["rles"]) == len(found["boxes"]) > 0, path
+
+
+def test_deploy_runner_pastes_masks_as_torchvision_does():
+    """Boxes of every size (under a pixel to larger than the mask), at the image's edges, on images of many sizes."""
+    generator = np.random.default_rng(0)
+    for trial in range(100):
+        height, width = (int(v) for v in generator.integers(5, 200, 2))
+        corners = generator.uniform(-30, [width, height], (4, 2))
+        sizes = generator.uniform(0, 150, (4, 2)) * (trial % 5 != 0) + generator.uniform(0, 3, (4, 2))
+        boxes = np.clip(np.concatenate([corners, corners + sizes], 1), 0, [width, height, width, height])
+        boxes = boxes.astype(np.float32)
+        masks = generator.random((4, 1, 28, 28)).astype(np.float32)
+        expected = paste_masks_in_image(torch.from_numpy(masks), torch.from_numpy(boxes), (height, width))
+        for mask, box, reference in zip(masks, boxes, expected[:, 0].numpy() > 0.5):
+            assert np.array_equal(paste_mask(mask[0], box, height, width), reference), (trial, box)
 
 
 def test_deploy_runner_encodes_rle_as_pycocotools_does():
