@@ -63,13 +63,12 @@ def main():
         found = {}
         for name, model in compiled.items():
             size = image.shape[:2] if name == "per box" else None
-            run = lambda: [model([tensor])[output] for output in model.outputs]  # noqa: E731
+            run = lambda: list(model([tensor]).values())  # noqa: E731  (outputs in the model's order)
             figures[name]["model"].append(median_ms(run, args.runs))
             figures[name]["predictor"].append(median_ms(lambda: as_detections(dict(zip(outputs, run())), size),
                                                         args.runs))
             found[name] = as_detections(dict(zip(outputs, run())), size)
-        model = compiled["per box"]
-        boxes, scores, _, masks = (np.asarray(model([tensor])[output]) for output in model.outputs)
+        boxes, scores, _, masks = (np.asarray(value) for value in compiled["per box"]([tensor]).values())
         above = np.flatnonzero(scores.reshape(-1) > predictor.confidence_threshold)
         deploy_ms.append(median_ms(lambda: [paste_mask(masks[i, 0], boxes[i], *image.shape[:2]) for i in above],
                                    args.runs))
