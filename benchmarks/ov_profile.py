@@ -4,9 +4,9 @@ layer type, with the number of detections the image gave.
 Usage: python benchmarks/ov_profile.py MODEL.xml [MODEL.xml ...] [--image IMAGE] [--runs 5]
 
 Each IR runs as otxlite's predictors run it (CPU plugin, f32 inference precision, the image as [1, 3, H, W] in
-0..1); counters are the median over --runs after one warm-up call. For an instance-segmentation IR the `Loop`
-row is the mask pasting that torchvision's exported graph does one detection at a time. Run it alone: the
-figures are only true when nothing else runs.
+0..1); counters are the median over --runs after one warm-up call. For a Mask R-CNN IR with masks pasted in the
+graph (benchmarks/mask_paste.py writes one beside otxlite's per-box export), the `Loop` row is that pasting, one
+detection at a time. Run it alone: the figures are only true when nothing else runs.
 """
 
 import argparse
