@@ -100,6 +100,8 @@ def quantization_aware_training(weights, specs, output, subset_size, preset, max
                                     "fp32_metrics": fp32})
         if within or epoch >= params["num_iters"]:
             break
+        torch.manual_seed(epoch)  # as in train: the epoch's randomness (R-CNN's box sampling) depends on it alone
+        train_loader.batch_sampler.set_epoch(epoch)
         losses = train_one_epoch(quantized, optimizer, scheduler, scaler, train_loader, device, epoch,
                                  params["num_iters"], frozen_batchnorm=True)
         epoch += 1
