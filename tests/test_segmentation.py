@@ -340,7 +340,9 @@ def test_exported_masks_match_pytorch_on_every_backend(fitted_segmenter):
                 iou = coco_mask.iou([reference["rles"][i]], [other["rles"][partner]], [0])[0, 0]
                 assert iou >= 0.98, (name, picture.shape, i, iou)
                 compared += 1
-    assert compared >= 8  # the fitted model is confident on its images
+    # the fitted model is confident on its images: 3 confident detections over the 4 pictures on one CPU, more on
+    # another (training differs in the last bits across CPUs); each is compared on both exported backends
+    assert compared >= 6
 
 
 def test_exported_masks_are_per_box_and_the_deploy_runner_pastes_them_as_predict_does(fitted_segmenter):
