@@ -125,7 +125,7 @@ def first_convolution_int8_weights(xml_path):
 def test_qat_ir_holds_the_int8_weights_of_its_pytorch_model(qat_run):
     """The overflow fix puts each channel's largest weight at a rounding tie that PyTorch and OpenVINO resolved
     differently (quantization.widen_weight_ranges); the IR must hold the weights QAT trained."""
-    (_, _, data), output = qat_run
+    _, output = qat_run
     model = model_from_checkpoint(load_weights(output / "weights_int8.pth"), output / "weights_int8.pth")
     quantizer = dict(model.named_modules())["__nncf_hooks.pre_hooks.backbone/body/0/0/conv2d/0__1.0"]
     with torch.no_grad():
