@@ -5,8 +5,9 @@ Usage: python benchmarks/accuracy.py [--recipes NAME ...] [--dataset bccd|coco-p
 
 Pretrained weights cannot be downloaded on the development machine, so every run starts from random
 weights. RECIPES name a template and `params` overrides on top of it. The ssdlite/* recipes are the
-augmentation ablation: each row adds one thing to the row before, and ssdlite/+mosaic is the template's
-default recipe. The printed table gives, per recipe: epochs, training minutes, the best val mAP@0.5 and its
+augmentation ablation: each row adds one thing to the row before (ssdlite/+photometric is the SSDlite
+template's default). The fasterrcnn* recipes are the small-object ablation on BCCD's platelets, ending with
+the fasterrcnn_mobilenet_v3_large_stride16_fpn template as it is. The printed table gives, per recipe: epochs, training minutes, the best val mAP@0.5 and its
 epoch, the test mAP@0.5, mAP@[.5:.95], F1 and each class's test AP@0.5.
 """
 
@@ -61,6 +62,10 @@ FLIP = "RandomHorizontalFlip: {p: 0.5}"
 PHOTOMETRIC = "RandomPhotometricDistort: {p: 0.5}"
 MOSAIC = "Mosaic: {p: 0.5}"
 SCALE_CROP = "RandomZoomOut: {fill: [124, 116, 104], side_range: [1.0, 2.0], p: 0.5}, RandomIoUCrop: {}"
+FASTERRCNN_480 = {"model.architecture": "otxlite.models:fasterrcnn_mobilenet_v3_large_fpn",
+                  "model.kwargs.min_size": "480", "model.kwargs.max_size": "640",
+                  "learning_parameters.num_iters": "10", "learning_parameters.lr_steps": "[7, 9]",
+                  "learning_parameters.enable_early_stopping": "false"}
 RECIPES = {  # name: (template, params overrides)
     "ssdlite/flip": ("ssdlite320_mobilenet_v3_large",
                      {**SSDLITE, "augmentation": f"{{{FLIP}}}", "anchors.fit": "false"}),
@@ -77,6 +82,15 @@ RECIPES = {  # name: (template, params overrides)
                                     {**SSDLITE, "augmentation": f"{{{PHOTOMETRIC}, {FLIP}}}"}),
     "ssdlite/photometric+anchors+mosaic": ("ssdlite320_mobilenet_v3_large",
                                            {**SSDLITE, "augmentation": f"{{{MOSAIC}, {PHOTOMETRIC}, {FLIP}}}"}),
+    # Faster R-CNN MobileNetV3 FPN at BCCD's own 480x640: torchvision's stages (both at stride 32), + the
+    # stride-16 stage, + RPN positives at IoU 0.5; the template adds anchors fitted when a class's recall is low.
+    "fasterrcnn@480": ("fasterrcnn_mobilenet_v3_large_fpn", FASTERRCNN_480),
+    "fasterrcnn/+stride16@480": ("fasterrcnn_mobilenet_v3_large_fpn",
+                                 {**FASTERRCNN_480, "model.kwargs.returned_layers": "[3, 4, 5]"}),
+    "fasterrcnn/+rpn0.5@480": ("fasterrcnn_mobilenet_v3_large_fpn",
+                               {**FASTERRCNN_480, "model.kwargs.returned_layers": "[3, 4, 5]",
+                                "model.kwargs.rpn_fg_iou_thresh": "0.5"}),
+    "fasterrcnn_mobilenet_v3_large_stride16_fpn": ("fasterrcnn_mobilenet_v3_large_stride16_fpn", {}),
 }
 
 
@@ -93,6 +107,8 @@ def main():
     for name in args.recipes:
         template_id, overrides = RECIPES[name]
         overrides = {**overrides, **({"learning_parameters.num_iters": str(args.epochs)} if args.epochs else {})}
+        epochs = overrides.get("learning_parameters.num_iters") or \
+            resolve_template(template_id)["hyper_parameters"]["learning_parameters"]["num_iters"]
         started = time.perf_counter()
         output = args.output / args.dataset / name
         weights = train(resolve_template(template_id), specs, output, overrides, pretrained=False)
@@ -100,7 +116,7 @@ def main():
         checkpoint = load_checkpoint(weights)
         test = evaluate(weights, {"test": specs["test"]})
         per_class = "  ".join(f"{c} {v['ap'] or 0:.3f}" for c, v in test["per_class"].items())
-        rows.append((name, overrides["learning_parameters.num_iters"], f"{minutes:.0f}",
+        rows.append((name, epochs, f"{minutes:.0f}",
                      f"{checkpoint['metrics']['map_50']:.3f} ({checkpoint['epoch']})", f"{test['map_50']:.3f}",
                      f"{test['map_50_95']:.3f}", f"{test['f-measure']:.3f}", per_class))
         print(rows[-1], flush=True)

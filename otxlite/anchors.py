@@ -1,11 +1,11 @@
 """Anchors fitted to the training boxes, and a warning for objects too small for the model's input.
 
 Anchor recall is the fraction of training boxes, at the model's input scale and position, whose best anchor
-has IoU >= 0.5. When it is below the template's anchors.min_recall, anchor sizes (and, from random weights,
-aspect ratios) are re-clustered on the boxes with k-means, keeping the generator's number of anchors per
-location so the head's shape is unchanged. Sizes are clustered by the IoU of centred squares (which ranks as
-distance in log size), aspect ratios in log space, each distinct size once (see kmeans_1d); the fit is kept
-only when it raises recall.
+has IoU >= 0.5. When any class's recall is below the template's anchors.min_recall, anchor sizes (and, from
+random weights, aspect ratios) are re-clustered on the boxes with k-means, keeping the generator's number of
+anchors per location so the head's shape is unchanged. Sizes are clustered by the IoU of centred squares
+(which ranks as distance in log size), aspect ratios in log space, each distinct size once (see kmeans_1d);
+the fit is kept only when it raises the mean of the classes' recalls (mAP's weighting).
 """
 
 import copy
@@ -22,6 +22,7 @@ from otxlite.models import InputSize, anchor_owner, anchors_of, set_anchors
 log = logging.getLogger("otxlite")
 MATCH_IOU = 0.5
 SMALL_OBJECT = 32  # px at the model's input: COCO's "small" objects, which detectors find worst
+SMALL_OBJECT_TEMPLATE = "fasterrcnn_mobilenet_v3_large_stride16_fpn"
 KMEANS_STEPS = 50
 MIN_STRIDES = 1.5  # smallest anchor per level, in strides: IoU >= 0.5 needs an offset under a third of the size
 REFINE_FACTORS = (0.7, 0.85, 1.2, 1.4)
@@ -71,8 +72,10 @@ class AnchorProbe:
     def score(self, anchors):
         """Mean over classes of the recall with these anchor settings (set on the model)."""
         set_anchors(self.model, anchors)
-        hits = self.hits()
-        return float(torch.stack([hits[self.labels == i].float().mean() for i in self.labels.unique()]).mean())
+        return float(self.class_recalls(self.hits()).mean())
+
+    def class_recalls(self, hits):
+        return torch.stack([hits[self.labels == i].float().mean() for i in self.labels.unique()])
 
 
 def kmeans_1d(values, count):
@@ -146,8 +149,8 @@ def by_class(hits, labels, schema):
 
 
 def fit_anchors(model, template, samples, schema, pretrained):
-    """Measure anchor recall on the training boxes and, when its mean over classes (mAP's weighting) is below
-    anchors.min_recall, re-cluster the anchors.
+    """Measure anchor recall on the training boxes and, when a class's recall is below anchors.min_recall (a
+    class without matching anchors is hardly learnt: BCCD's platelets), re-cluster the anchors.
 
     Returns the template with the anchors used in model.anchors (the model is changed in place), or the
     template unchanged for an anchor-free model or when anchors.fit is off.
@@ -167,7 +170,7 @@ def fit_anchors(model, template, samples, schema, pretrained):
     before, before_score = probe.hits(), probe.score(original)
     log.info("Anchor recall (training boxes whose best anchor has IoU >= %g at the model's input, %s): %.3f; "
              "by class %s", MATCH_IOU, input_size, before.float().mean(), by_class(before, labels, schema))
-    if not settings["fit"] or before_score >= settings["min_recall"]:
+    if not settings["fit"] or float(probe.class_recalls(before).min()) >= settings["min_recall"]:
         return template
     anchors = fitted_anchors(model, boxes, input_size, probe, sizes_only=pretrained)
     after_score = probe.score(anchors)
@@ -184,8 +187,20 @@ def fit_anchors(model, template, samples, schema, pretrained):
     return {**template, "model": {**template["model"], "anchors": anchors}}
 
 
+def finest_stride(model, side=256):
+    """The stride of the model's finest feature map (its backbone run once on a blank image, in eval mode)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, side, side))
+    model.train(was_training)
+    features = [features] if isinstance(features, torch.Tensor) else list(features.values())
+    return min(side / f.shape[-1] for f in features)
+
+
 def warn_small_objects(model, template, samples, schema):
-    """Warn once when a class's median object size at the model's input is under SMALL_OBJECT px."""
+    """Warn once when a class's median object size at the model's input is under SMALL_OBJECT px, saying what to
+    use: a larger input, and a template with finer features when the model's are too coarse for such objects."""
     input_size = InputSize.of(model)
     boxes, labels, _ = boxes_at_input(samples, input_size, {l["name"]: l["id"] for l in schema["labels"]})
     sides = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
@@ -195,12 +210,15 @@ def warn_small_objects(model, template, samples, schema):
         return
     smallest = min(small.values())
     if input_size.fixed:
-        advice = ("this template's input size is fixed; use one that takes min_size, such as "
-                  "fasterrcnn_mobilenet_v3_large_fpn")
+        advice = f"this template's input size is fixed; use one that takes min_size, such as {SMALL_OBJECT_TEMPLATE}"
     else:
         factor = SMALL_OBJECT / smallest
         advice = (f"raise the input size: params --model.kwargs.min_size {math.ceil(input_size.min_size * factor / 32) * 32}"
                   f" --model.kwargs.max_size {math.ceil(input_size.max_size * factor / 32) * 32}")
+        stride = finest_stride(model)
+        if stride * MIN_STRIDES > SMALL_OBJECT:
+            advice += (f"; its finest features are at stride {stride:.0f}, too coarse for them: {SMALL_OBJECT_TEMPLATE}"
+                       f" reads stride 16")
     log.warning("Small objects: median size %s at %s's input (%s) is under %d px, which detectors find poorly; "
                 "%s.", ", ".join(f"{name} {side:.0f} px" for name, side in small.items()), template["id"],
                 input_size, SMALL_OBJECT, advice)

@@ -278,24 +278,52 @@ def fasterrcnn_mobilenet_v2(num_classes, weights=None, weights_backbone=None,
                       box_roi_pool=roi_pool, **kwargs)
 
 
-def maskrcnn_mobilenet_v3_large_fpn(num_classes, weights=None, weights_backbone=None, trainable_backbone_layers=None,
-                                    **kwargs):
-    """Mask R-CNN on MobileNetV3-Large FPN features, sized for CPUs: torchvision's
-    fasterrcnn_mobilenet_v3_large_fpn (its backbone, anchors and RPN settings) with a mask head.
-
-    Templates reach it as 'otxlite.models:maskrcnn_mobilenet_v3_large_fpn'.
+def mobilenet_v3_large_fpn(weights_backbone, trainable_backbone_layers, returned_layers):
+    """MobileNetV3-Large FPN features as torchvision's detection builders make them, with returned_layers
+    choosing the stages the FPN reads (torchvision's [4, 5] are both at stride 32; 3 adds stride 16, 2 stride 8).
     """
-    if weights is not None:
-        raise OtxliteError("maskrcnn_mobilenet_v3_large_fpn has no COCO weights; only weights_backbone can be "
-                           "pretrained.")
     backbone = torchvision.models.mobilenet_v3_large(weights=weights_backbone,
                                                      norm_layer=torchvision.ops.misc.FrozenBatchNorm2d
                                                      if weights_backbone else torch.nn.BatchNorm2d)
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 3 if weights_backbone else 6  # torchvision's defaults
-    backbone = _mobilenet_extractor(backbone, True, trainable_backbone_layers)
-    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+    try:
+        return _mobilenet_extractor(backbone, True, trainable_backbone_layers, returned_layers=list(returned_layers))
+    except ValueError as err:
+        raise OtxliteError(f"model.kwargs.returned_layers {returned_layers}: {err}.") from None
+
+
+def mobilenet_v3_large_fpn_detector(detector, weights, weights_backbone, trainable_backbone_layers, returned_layers,
+                                    kwargs):
+    """detector (FasterRCNN or MaskRCNN) on mobilenet_v3_large_fpn features, with torchvision's anchors and RPN
+    settings for fasterrcnn_mobilenet_v3_large_fpn on every level."""
+    if weights is not None:
+        raise OtxliteError(f"otxlite's {detector.__name__} on MobileNetV3-Large FPN has no COCO weights; only "
+                           f"weights_backbone can be pretrained.")
+    backbone = mobilenet_v3_large_fpn(weights_backbone, trainable_backbone_layers, returned_layers)
+    anchor_sizes = ((32, 64, 128, 256, 512),) * (len(returned_layers) + 1)
     aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
     defaults = {"min_size": 800, "max_size": 1333, "rpn_score_thresh": 0.05}
-    return MaskRCNN(backbone, num_classes=num_classes,
-                    rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios), **{**defaults, **kwargs})
+    return detector(backbone, rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios),
+                    **{**defaults, **kwargs})
+
+
+def fasterrcnn_mobilenet_v3_large_fpn(num_classes, weights=None, weights_backbone=None,
+                                      trainable_backbone_layers=None, returned_layers=(4, 5), **kwargs):
+    """torchvision's fasterrcnn_mobilenet_v3_large_fpn, with the FPN's stages chosen by returned_layers.
+
+    Templates reach it as 'otxlite.models:fasterrcnn_mobilenet_v3_large_fpn'.
+    """
+    return mobilenet_v3_large_fpn_detector(FasterRCNN, weights, weights_backbone, trainable_backbone_layers,
+                                           returned_layers, {"num_classes": num_classes, **kwargs})
+
+
+def maskrcnn_mobilenet_v3_large_fpn(num_classes, weights=None, weights_backbone=None, trainable_backbone_layers=None,
+                                    returned_layers=(4, 5), **kwargs):
+    """Mask R-CNN on MobileNetV3-Large FPN features, sized for CPUs: torchvision's
+    fasterrcnn_mobilenet_v3_large_fpn (its backbone, anchors and RPN settings) with a mask head.
+
+    Templates reach it as 'otxlite.models:maskrcnn_mobilenet_v3_large_fpn'.
+    """
+    return mobilenet_v3_large_fpn_detector(MaskRCNN, weights, weights_backbone, trainable_backbone_layers,
+                                           returned_layers, {"num_classes": num_classes, **kwargs})

@@ -45,7 +45,8 @@ class Postprocessing(Strict):
 
 class Anchors(Strict):
     fit: bool = Field(True, description="re-cluster anchors on the training boxes when recall is low")
-    min_recall: float = Field(0.95, ge=0, le=1, description="anchor recall below which anchors are re-clustered")
+    min_recall: float = Field(0.95, ge=0, le=1,
+                              description="a class's anchor recall below which anchors are re-clustered")
 
 
 class Distributed(Strict):

@@ -124,9 +124,10 @@ def test_dataset_items_repeat_per_index_and_epoch_whatever_the_order():
     assert any(not torch.equal(dataset[(i, 3)][0], first[i][0]) for i in range(6))
 
 
-def small_boxes_dataset(tmp_path, count=6):
+def small_boxes_dataset(tmp_path, count=6, big=False):
     """COCO data whose objects are 22-26 px squares in 320x320 images (BCCD's platelets at 320 px): far smaller
-    than SSDlite's smallest anchor (0.2 x 320 = 64 px)."""
+    than SSDlite's smallest anchor (0.2 x 320 = 64 px). With big, each image also has a 110 px square of a
+    second class, which the default anchors match."""
     import json
 
     from PIL import Image
@@ -138,9 +139,12 @@ def small_boxes_dataset(tmp_path, count=6):
             side = 22 + (i + j) % 5
             annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 1,
                                 "bbox": [20 + 35 * j, 30 + 30 * (j % 3), side, side]})
+        if big:
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": 2,
+                                "bbox": [100, 160, 110, 110]})
     path = tmp_path / "small.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations,
-                                "categories": [{"id": 1, "name": "dot"}]}))
+                                "categories": [{"id": 1, "name": "dot"}] + [{"id": 2, "name": "disc"}] * big}))
     data = tmp_path / "data.yaml"
     data.write_text(f"data:\n  train: {{ann-files: {path}, data-roots: {tmp_path}}}\n"
                     f"  val: {{ann-files: {path}, data-roots: {tmp_path}}}\n")
@@ -175,18 +179,38 @@ def test_anchors_are_fitted_when_recall_is_low_and_travel_with_the_weights(tmp_p
     assert load_checkpoint(again)["template"]["model"]["anchors"] == fitted["model"]["anchors"]
 
 
+def test_anchors_are_fitted_when_one_class_lacks_them_though_the_class_mean_is_high(tmp_path, caplog):
+    """Dots at recall 0 and discs at recall 1 average 0.5: above min_recall 0.45, but the dots cannot be learnt
+    without anchors (BCCD's platelets at 0.89 beside red and white cells at 1.00 averaged 0.96)."""
+    splits, schema = load_splits(split_specs(small_boxes_dataset(tmp_path, big=True)))
+    template = apply_overrides(resolve_template("ssdlite320_mobilenet_v3_large"),
+                               {"anchors.fit": "true", "anchors.min_recall": "0.45"})
+    with caplog.at_level(logging.INFO, logger="otxlite"):
+        fitted = fit_anchors(build_model(template, 2), template, splits["train"].samples, schema, pretrained=False)
+    assert "by class dot 0.00, disc 1.00" in caplog.text
+    assert "Re-clustered" in caplog.text and "anchors" in fitted["model"]
+
+
 def test_small_objects_warn_once_with_median_size_and_what_to_use(tmp_path, caplog):
     data = small_boxes_dataset(tmp_path)
     splits, schema = load_splits(split_specs(data))
-    # median 24 px; 320 x 32/24 = 427 -> 448 and 640 x 32/24 = 853 -> 864, rounded up to multiples of 32
-    for template_id, advice in (("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn"),
-                                ("fasterrcnn_mobilenet_v3_large_320_fpn", "params --model.kwargs.min_size 448 --model.kwargs.max_size 864")):
+    # median 24 px; 320 x 32/24 = 427 -> 448 and 640 x 32/24 = 853 -> 864, rounded up to multiples of 32.
+    # torchvision's MobileNetV3 FPN reads stride 32 only: a larger input alone does not give such objects anchors.
+    coarse = "its finest features are at stride 32, too coarse for them: fasterrcnn_mobilenet_v3_large_stride16_fpn"
+    for template_id, size, advice, not_advice in (
+            ("ssdlite320_mobilenet_v3_large", 320, "use one that takes min_size, such as "
+                                                   "fasterrcnn_mobilenet_v3_large_stride16_fpn", "too coarse"),
+            ("fasterrcnn_mobilenet_v3_large_320_fpn", 320, "--model.kwargs.min_size 448 --model.kwargs.max_size 864; "
+                                                           + coarse, "fixed"),
+            ("fasterrcnn_mobilenet_v3_large_stride16_fpn", 320, "--model.kwargs.min_size 448", "too coarse")):
         template = resolve_template(template_id)
+        template["model"]["kwargs"].update({"min_size": size, "max_size": 640} if "min_size" in
+                                           template["model"]["kwargs"] else {})
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="otxlite"):
             warn_small_objects(build_model(template, 1), template, splits["train"].samples, schema)
         assert len(caplog.records) == 1
-        assert "median size dot 24 px" in caplog.text and advice in caplog.text
+        assert "median size dot 24 px" in caplog.text and advice in caplog.text and not_advice not in caplog.text
 
 
 def test_augmentation_none_trains_on_the_images_as_they_are(otxlite, tiny_voc, small_template, tmp_path):

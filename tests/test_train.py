@@ -238,3 +238,27 @@ def test_lr_schedule_warms_up_within_the_first_epoch_then_steps():
     assert [factor(i) for i in (10, 39, 40, 79, 80)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     cosine = lr_schedule({**params, "lr_scheduler": "cosine"}, iters_per_epoch=10)
     assert [cosine(i) for i in (10, 50, 100)] == pytest.approx([0.5 * (1 + 0.9510565), 0.5, 0.0])
+
+
+def test_mobilenet_fpn_stages_are_chosen_by_returned_layers():
+    """otxlite's builder with torchvision's stages is torchvision's model; stage 3 adds a stride-16 level (the
+    default levels are both at stride 32), with anchors on every level; a stage out of range is a clear error."""
+    from otxlite.models import fasterrcnn_mobilenet_v3_large_fpn
+
+    ours = fasterrcnn_mobilenet_v3_large_fpn(4).state_dict()
+    theirs = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(num_classes=4, weights_backbone=None)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+    template = resolve_template("fasterrcnn_mobilenet_v3_large_fpn")
+    for stages, strides in (([4, 5], [32, 32, 64]), ([3, 4, 5], [16, 32, 32, 64])):
+        template["model"].update(architecture="otxlite.models:fasterrcnn_mobilenet_v3_large_fpn",
+                                 kwargs={"min_size": 320, "max_size": 320, "returned_layers": stages})
+        model = build_model(template, 3).eval()
+        features = model.backbone(torch.zeros(1, 3, 320, 320))
+        assert [320 // f.shape[-1] for f in features.values()] == strides
+        assert len(model.rpn.anchor_generator.sizes) == len(strides)
+        with torch.inference_mode():
+            assert set(model([torch.rand(3, 200, 300)])[0]) == {"boxes", "scores", "labels"}
+    template["model"]["kwargs"]["returned_layers"] = [3, 9]
+    with pytest.raises(OtxliteError, match="returned_layers"):
+        build_model(template, 3)
