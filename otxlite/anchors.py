@@ -44,6 +44,16 @@ def boxes_at_input(samples, input_size, label_ids):
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.int64), canvas
 
 
+def blank_features(model, height, width):
+    """The model's backbone features (a list of maps) on a blank height x width image, run in eval mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        features = model.backbone(torch.zeros(1, 3, height, width))
+    model.train(was_training)
+    return [features] if isinstance(features, torch.Tensor) else list(features.values())
+
+
 class AnchorProbe:
     """The model's anchors on an input of canvas (height, width), padded as its batches are, against the
     training boxes; the backbone runs once, so anchor settings can be tried quickly."""
@@ -52,12 +62,7 @@ class AnchorProbe:
         divisible = getattr(model.transform, "size_divisible", 1)
         height, width = (math.ceil(side / divisible) * divisible for side in canvas)
         self.images = ImageList(torch.zeros(1, 3, height, width), [(height, width)])
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            features = model.backbone(self.images.tensors)
-        self.features = [features] if isinstance(features, torch.Tensor) else list(features.values())
-        model.train(was_training)
+        self.features = blank_features(model, height, width)
         self.strides = [max(height / f.shape[-2], width / f.shape[-1]) for f in self.features]
         self.model, self.boxes, self.labels = model, boxes, labels
 
@@ -188,14 +193,8 @@ def fit_anchors(model, template, samples, schema, pretrained):
 
 
 def finest_stride(model, side=256):
-    """The stride of the model's finest feature map (its backbone run once on a blank image, in eval mode)."""
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        features = model.backbone(torch.zeros(1, 3, side, side))
-    model.train(was_training)
-    features = [features] if isinstance(features, torch.Tensor) else list(features.values())
-    return min(side / f.shape[-1] for f in features)
+    """The stride of the model's finest feature map."""
+    return min(side / f.shape[-1] for f in blank_features(model, side, side))
 
 
 def warn_small_objects(model, template, samples, schema):
