@@ -7,9 +7,37 @@ from pathlib import Path
 import click
 
 from otxlite import OtxliteError, __version__, setup_logging
+from otxlite.api import Engine, find as find_templates
 
 log = logging.getLogger("otxlite")
 PARAMS_HELP = "Hyper-parameters can be overridden after the word params: `... params --learning_parameters.batch_size 4`."
+EXAMPLES = {  # each command's --help ends with these (run from the repository root, after the quick start)
+    "find": ["otxlite find --task detection",
+             "otxlite find --data samples/bccd/data.yaml     # ranked for that data"],
+    "train": ["otxlite train --data samples/bccd/data.yaml --no-pretrained     # template chosen from the data",
+              "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/ssd "
+              "params --learning_parameters.num_iters 8"],
+    "eval": ["otxlite eval --load-weights runs/quickstart/weights.pth --data samples/bccd/data.yaml "
+             "--output runs/quickstart/eval"],
+    "export": ["otxlite export --load-weights runs/quickstart/weights.pth --output runs/quickstart/export"],
+    "optimize": ["otxlite optimize --load-weights runs/quickstart/export/openvino.xml --data samples/bccd/data.yaml "
+                 "--output runs/quickstart/optimize",
+                 "otxlite optimize --load-weights runs/quickstart/weights.pth --data samples/bccd/data.yaml "
+                 "--output runs/qat     # quantization-aware training"],
+    "demo": ["otxlite demo --load-weights runs/quickstart/optimize/openvino.xml --input samples/bccd/JPEGImages "
+             "--output runs/demo"],
+    "predict": ["otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input "
+                "samples/bccd/JPEGImages --output predictions.json"],
+    "deploy": ["otxlite deploy --load-weights runs/quickstart/optimize/openvino.xml --output deploy.zip"],
+    "check": ["otxlite data check --data samples/bccd/data.yaml"],
+    "convert": ["otxlite data convert --data samples/bccd/data.yaml --output bccd-coco"],
+}
+
+
+def epilog(command, text=""):
+    """A command's epilog: text, then its examples as written (\\b keeps click from re-wrapping them)."""
+    examples = "\n".join(f"  $ {line}" for line in EXAMPLES[command])
+    return (text + "\n\n" if text else "") + f"\b\nExamples:\n{examples}"
 
 
 def split_params(args):
@@ -54,23 +82,35 @@ def cli(debug):
     """otxlite: train -> eval -> export -> optimize for torchvision object detectors and instance segmentation."""
 
 
-@cli.command()
+@cli.command(epilog=epilog("find"))
 @click.option("--task", help="Only templates of this task (detection, instance_segmentation).")
+@click.option("--data", type=click.Path(), help="Rank the templates for this data.yaml: the task from its "
+              "annotations, then how large each class's median object is at each template's input.")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template.yaml files.")
-def find(task, template_dir):
-    """List the model templates."""
+def find(task, data, template_dir):
+    """List the model templates, or rank them for a dataset."""
     from otxlite.report import format_table
-    from otxlite.templates import find_templates
 
-    def number(value):
-        return "-" if value is None else f"{value:g}"
-
-    templates = find_templates(task, template_dir)
-    header = ("TASK", "ID", "NAME", "PARAMS (M)", "GFLOPS", "COCO BOX AP", "COCO MASK AP", "PATH")
+    if data:
+        setup_logging()
+    templates = find_templates(task, data, template_dir)
+    if not data:
+        header = ("TASK", "ID", "NAME", "PARAMS (M)", "GFLOPS", "COCO BOX AP", "COCO MASK AP", "PATH")
+        click.echo(format_table(header, [
+            (t["task"], t["id"], t["name"], *stats(t, "params_m", "gflops", "coco_box_ap", "coco_mask_ap"),
+             relative(t["path"])) for t in templates]))
+        return
+    header = ("RANK", "ID", "PARAMS (M)", "GFLOPS", "COCO AP", "INPUT", "SMALLEST CLASS AT INPUT")
     click.echo(format_table(header, [
-        (t["task"], t["id"], t["name"],
-         *(number(t.get("stats", {}).get(k)) for k in ("params_m", "gflops", "coco_box_ap", "coco_mask_ap")),
-         relative(t["path"])) for t in templates]))
+        (rank, t["id"], *stats(t, "params_m", "gflops", "coco_mask_ap" if "coco_mask_ap" in t.get("stats", {})
+                              else "coco_box_ap"),
+         t["fit"]["input_size"], f"{t['fit']['smallest_class']} {t['fit']['smallest_side']:.0f} px")
+        for rank, t in enumerate(templates, 1)]))
+    click.echo(f"\nTask {templates[0]['task']}. Rank 1 is the {templates[0]['fit']['reason']}.")
+
+
+def stats(template, *keys):
+    return tuple("-" if template.get("stats", {}).get(k) is None else f"{template['stats'][k]:g}" for k in keys)
 
 
 def relative(path):
@@ -80,7 +120,7 @@ def relative(path):
         return str(path)
 
 
-@cli.command(cls=ParamsCommand, epilog=PARAMS_HELP)
+@cli.command(cls=ParamsCommand, epilog=epilog("train", PARAMS_HELP))
 @click.argument("template", required=False)
 @data_options(["train", "val"])
 @click.option("--output", "-o", type=click.Path(), default="runs/train", show_default=True, help="Run folder.")
@@ -107,33 +147,23 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
           template_dir, devices, engine, workers, ray_address, overrides, **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
-    With --resume, TEMPLATE may be left out: the run's own template is used. Under `torchrun --nproc-per-node N
-    -m otxlite train ...` each process joins torchrun's process group (leave --devices at 1).
+    Without TEMPLATE, one is chosen from the data (see `otxlite find --data`): instance segmentation when the
+    annotations have polygons or masks; for detection, the stride-16 template when a class's objects are small,
+    else the 320 px FPN. With --resume, the run's own template is used. Under `torchrun --nproc-per-node N -m
+    otxlite train ...` each process joins torchrun's process group (leave --devices at 1).
     """
-    from otxlite.data import split_specs
-    from otxlite.templates import resolve_template
-    from otxlite.train import train as run_training
-
-    if not template and not resume:
-        raise click.UsageError("Give a TEMPLATE (see `otxlite find`), or --resume a run.")
-    if engine == "ray" and devices > 1:
-        raise click.UsageError("With --engine ray, give the number of processes as --workers N.")
-    if engine == "local" and (workers or ray_address):
-        raise click.UsageError("--workers and --ray-address are for --engine ray; train locally with --devices N.")
     setup_logging()
-    resolved = None if resume else resolve_template(template, template_dir)
-    if augmentation == "none":
-        overrides = {"augmentation": "{}", **overrides}
-    run_training(resolved, split_specs(data, **paths), output, overrides, pretrained=pretrained,
-                 load_weights=load_weights, device=device, seed=seed, resume=resume, val_split=val_split,
-                 devices=workers or devices, engine=engine, ray_address=ray_address)
+    Engine(data, device=device, template_dirs=template_dir, **paths).train(
+        template, output, overrides, pretrained=pretrained, load_weights=load_weights, seed=seed, resume=resume,
+        val_split=val_split, augmentation=augmentation, devices=devices, engine=engine, workers=workers,
+        ray_address=ray_address)
 
 
-@cli.command("eval", cls=ParamsCommand, epilog=PARAMS_HELP + " By default the confidence threshold for F1 is tuned on "
+@cli.command("eval", cls=ParamsCommand, epilog=epilog("eval", PARAMS_HELP + " By default the confidence threshold for F1 is tuned on "
              "the results, as OTX does: the threshold of highest micro F1 at IoU 0.5 over 0.025, 0.05, ..., 0.975 "
              "(score strictly above it, ties to the higher threshold). Fix it with `params "
              "--postprocessing.confidence_threshold 0.5 --postprocessing.result_based_confidence_threshold false`. "
-             "mAP always uses all detections.")
+             "mAP always uses all detections."))
 @click.argument("template", required=False)
 @click.option("--load-weights", required=True, type=click.Path(),
               help="Model file: weights.pth, model.onnx or openvino.xml (label_schema.json beside it).")
@@ -146,14 +176,11 @@ def evaluate(template, load_weights, data, save_performance, output, device, ove
 
     TEMPLATE is optional and unused: the model file carries what is needed.
     """
-    from otxlite.data import split_specs
-    from otxlite.evaluate import evaluate as run_evaluation
-
     setup_logging()
-    run_evaluation(load_weights, split_specs(data, **paths), output, save_performance, overrides, device)
+    Engine(data, device=device, **paths).evaluate(load_weights, output, overrides, save_performance)
 
 
-@cli.command()
+@cli.command(epilog=epilog("export"))
 @click.option("--load-weights", required=True, type=click.Path(), help="The weights.pth to export.")
 @click.option("--output", "-o", type=click.Path(), default="runs/export", show_default=True)
 @click.option("--format", "export_format", type=click.Choice(["all", "onnx", "openvino"]), default="all",
@@ -162,14 +189,14 @@ def evaluate(template, load_weights, data, save_performance, output, device, ove
               help="Weights of the OpenVINO IR.")
 def export(load_weights, output, export_format, precision):
     """Export a weights.pth to ONNX (model.onnx) and OpenVINO IR (openvino.xml + .bin)."""
-    from otxlite.export import FORMATS, export as run_export
-
     setup_logging()
-    run_export(load_weights, output, FORMATS if export_format == "all" else (export_format,), precision)
+    Engine().export(load_weights, output, ("onnx", "openvino") if export_format == "all" else (export_format,),
+                    precision)
 
 
-@cli.command(cls=ParamsCommand, epilog="With --method qat, " + PARAMS_HELP[0].lower() + PARAMS_HELP[1:] +
-             " QAT's own: --qat.epochs (most epochs, default 5) and --qat.lr_factor (of learning_rate, default 0.1).")
+@cli.command(cls=ParamsCommand, epilog=epilog("optimize", "With --method qat, " + PARAMS_HELP[0].lower() +
+             PARAMS_HELP[1:] + " QAT's own: --qat.epochs (most epochs, default 5) and --qat.lr_factor (of "
+             "learning_rate, default 0.1)."))
 @click.option("--load-weights", required=True, type=click.Path(),
               help="The FP32 openvino.xml from `otxlite export` (post-training quantization), or the weights.pth "
                    "from `otxlite train` (quantization-aware training).")
@@ -199,15 +226,12 @@ def optimize(load_weights, data, output, method, subset_size, preset, max_accura
     OUTPUT/weights_int8.pth (the fine-tuned quantized PyTorch model, which eval and export take) and
     OUTPUT/checkpoints/last.pth (for --resume).
     """
-    from otxlite.data import split_specs
-    from otxlite.optimize import optimize as run_optimize
-
     setup_logging()
-    run_optimize(load_weights, split_specs(data, **paths), output, subset_size, preset, max_accuracy_drop, method,
-                 overrides, device, resume)
+    Engine(data, device=device, **paths).optimize(load_weights, output, method, subset_size, preset,
+                                                  max_accuracy_drop, overrides, resume)
 
 
-@cli.command()
+@cli.command(epilog=epilog("demo"))
 @click.option("--load-weights", required=True, type=click.Path(),
               help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
 @click.option("--input", "input_path", required=True, type=click.Path(), help="An image, a folder of images, or a video.")
@@ -216,13 +240,11 @@ def optimize(load_weights, data, output, method, subset_size, preset, max_accura
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def demo(load_weights, input_path, output, threshold, device):
     """Draw a model's detections on images or a video (label names, scores, label colours)."""
-    from otxlite.demo import demo as run_demo
-
     setup_logging()
-    run_demo(load_weights, input_path, output, threshold, device)
+    Engine(device=device).demo(input_path, load_weights, output, threshold)
 
 
-@cli.command()
+@cli.command(epilog=epilog("predict"))
 @click.option("--load-weights", required=True, type=click.Path(),
               help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
 @click.option("--input", "input_path", required=True, type=click.Path(), help="An image or a folder of images.")
@@ -234,22 +256,18 @@ def demo(load_weights, input_path, output, threshold, device):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def predict(load_weights, input_path, output, output_format, threshold, batch_size, device):
     """Detections for a folder of images, as COCO results JSON or CSV."""
-    from otxlite.inference import predict_files
-
     setup_logging()
-    predict_files(load_weights, input_path, output, output_format, threshold, batch_size, device)
+    Engine(device=device).predict_to_file(input_path, output, load_weights, output_format, threshold, batch_size)
 
 
-@cli.command()
+@cli.command(epilog=epilog("deploy"))
 @click.option("--load-weights", required=True, type=click.Path(),
               help="The openvino.xml of `otxlite export` or `otxlite optimize`.")
 @click.option("--output", "-o", type=click.Path(), default="deploy.zip", show_default=True)
 def deploy(load_weights, output):
     """Package the model with a runner that needs only openvino, numpy and pillow."""
-    from otxlite.deploy import deploy as run_deploy
-
     setup_logging()
-    run_deploy(load_weights, output)
+    Engine().deploy(load_weights, output)
 
 
 @cli.group()
@@ -257,34 +275,28 @@ def data():
     """Check a dataset, or convert it to COCO."""
 
 
-@data.command()
+@data.command(epilog=epilog("check"))
 @data_options(["train", "val", "test"])
 def check(data, **paths):
     """Per split: images, boxes, boxes per class, image sizes, and every problem found.
 
     Exits with status 1 when training would fail on the data.
     """
-    from otxlite.check import check_data
-    from otxlite.data import split_specs
-
     setup_logging()
-    report, ok = check_data(split_specs(data, **paths))
+    report, ok = Engine(data, **paths).check_data()
     click.echo(report)
     if not ok:
         sys.exit(1)
 
 
-@data.command()
+@data.command(epilog=epilog("convert"))
 @data_options(["train", "val", "test"])
 @click.option("--to", "target", type=click.Choice(["coco"]), default="coco", show_default=True)
 @click.option("--output", "-o", type=click.Path(), required=True, help="Folder for annotations/, images/, data.yaml.")
 def convert(data, target, output, **paths):
     """Write the dataset as COCO JSON (images copied), with a data.yaml over it."""
-    from otxlite.convert import convert_to_coco
-    from otxlite.data import split_specs
-
     setup_logging()
-    click.echo(f"Wrote {convert_to_coco(split_specs(data, **paths), output)}")
+    click.echo(f"Wrote {Engine(data, **paths).convert_data(output)}")
 
 
 def main():

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from otxlite import OtxliteError
+from otxlite import ModelFileError, OtxliteError
 
 CHECKPOINT_FORMAT = 1
 LABEL_SCHEMA = "label_schema.json"
@@ -122,19 +122,19 @@ def read_torch_file(path):
     """torch.load(path, weights_only=True), with one clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise OtxliteError(f"{path}: file not found.")
+        raise ModelFileError(f"{path}: file not found.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a foreign file can make the unpickler raise almost any type
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise OtxliteError(f"{path}: not a readable PyTorch checkpoint ({first_line}).") from None
+        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({first_line}).") from None
 
 
 def load_checkpoint(path):
     """An otxlite checkpoint (weights.pth or checkpoints/last.pth)."""
     checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
-        raise OtxliteError(
+        raise ModelFileError(
             f"{path}: not an otxlite checkpoint (no format_version). Pass a weights.pth written by `otxlite train`."
         )
     return checkpoint
@@ -144,7 +144,7 @@ def load_weights(path):
     """A weights.pth: a model checkpoint with its confidence threshold, not a checkpoints/last.pth."""
     checkpoint = load_checkpoint(path)
     if "confidence_threshold" not in checkpoint:
-        raise OtxliteError(f"{path}: a checkpoint for `otxlite train --resume`, not a model. Pass the run's "
+        raise ModelFileError(f"{path}: a checkpoint for `otxlite train --resume`, not a model. Pass the run's "
                            f"weights.pth (the best epoch, with its tuned confidence threshold).")
     return checkpoint
 
@@ -157,12 +157,12 @@ def read_label_schema(model_path, expected=None):
     """The label_schema.json beside a model file; when expected is given, it must match it."""
     path = Path(model_path).parent / LABEL_SCHEMA
     if not path.is_file():
-        raise OtxliteError(f"{path}: missing. Every model file needs the {LABEL_SCHEMA} its stage wrote beside it.")
+        raise ModelFileError(f"{path}: missing. Every model file needs the {LABEL_SCHEMA} its stage wrote beside it.")
     schema = read_json(path)
     if not isinstance(schema, dict) or not isinstance(schema.get("labels"), list):
-        raise OtxliteError(f"{path}: not a label schema (expected {{'task': ..., 'labels': [...]}}).")
+        raise ModelFileError(f"{path}: not a label schema (expected {{'task': ..., 'labels': [...]}}).")
     if expected is not None and label_names(schema) != label_names(expected):
-        raise OtxliteError(
+        raise ModelFileError(
             f"{path}: labels {label_names(schema)} do not match the model's {label_names(expected)}. "
             f"Put back the {LABEL_SCHEMA} written with {Path(model_path).name}."
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from otxlite import OtxliteError
+from otxlite import ArgumentError, ModelFileError
 from otxlite.files import load_weights, read_label_schema
 from otxlite.tasks import MASK_OUTPUT, as_detections, task_of
 
@@ -53,7 +53,7 @@ def pick_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise OtxliteError("--device cuda: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
+        raise ArgumentError("--device cuda: no CUDA GPU is visible to PyTorch. Use --device cpu or auto.")
     return torch.device(name)
 
 
@@ -63,7 +63,7 @@ class ExportedPredictor:
     def __init__(self, path, metadata, device):
         missing = [k for k in METADATA_KEYS if k not in metadata]
         if missing:
-            raise OtxliteError(f"{path}: not an otxlite export (no {', '.join(missing)} in its metadata). "
+            raise ModelFileError(f"{path}: not an otxlite export (no {', '.join(missing)} in its metadata). "
                                f"Export it with `otxlite export`.")
         embedded = json.loads(metadata["labels"])
         self.schema = read_label_schema(path, expected=embedded)
@@ -72,7 +72,7 @@ class ExportedPredictor:
         self.device = device
         self.outputs = task_of(self.schema).outputs
         if "masks" in self.outputs and metadata.get("mask_output") != MASK_OUTPUT:
-            raise OtxliteError(f"{path}: exported by an earlier otxlite, which pasted the masks inside the model. "
+            raise ModelFileError(f"{path}: exported by an earlier otxlite, which pasted the masks inside the model. "
                                f"Export it again with `otxlite export` (masks now leave the model per box).")
 
     def __call__(self, images):
@@ -99,7 +99,7 @@ class OnnxPredictor(ExportedPredictor):
         try:
             self.session = onnxruntime.InferenceSession(str(path), providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable files
-            raise OtxliteError(f"{path}: not a readable ONNX model ({cause(err)}).") from None
+            raise ModelFileError(f"{path}: not a readable ONNX model ({cause(err)}).") from None
         super().__init__(path, self.session.get_modelmeta().custom_metadata_map, device)
 
     def run(self, image):
@@ -121,7 +121,7 @@ class OpenVinoPredictor(ExportedPredictor):
         try:
             model = core.read_model(str(path))
         except RuntimeError as err:
-            raise OtxliteError(f"{path}: not a readable OpenVINO IR ({cause(err)}).") from None
+            raise ModelFileError(f"{path}: not a readable OpenVINO IR ({cause(err)}).") from None
         metadata = {key: model.get_rt_info(["model_info", key]).astype(str)
                     for key in METADATA_KEYS + TASK_METADATA_KEYS if model.has_rt_info(["model_info", key])}
         super().__init__(path, metadata, device)
@@ -136,8 +136,8 @@ class OpenVinoPredictor(ExportedPredictor):
         return [result[output] for output in self.compiled.outputs]
 
     def __call__(self, images):
-        if self.requests is None or len(images) < 2:
-            return super().__call__(images)
+        if self.requests is None:  # compiled for throughput, every image goes through the queue: mixing the compiled
+            return super().__call__(images)  # model's synchronous calls with it corrupted memory (OpenVINO 2026.4)
         results = [None] * len(images)
 
         def collect(request, index):
@@ -168,7 +168,7 @@ def load_predictor(path, device="auto", throughput=False):
 
     path, device = Path(path), pick_device(str(device))
     if not path.is_file():
-        raise OtxliteError(f"{path}: file not found.")
+        raise ModelFileError(f"{path}: file not found.")
     if path.suffix == ".pth":
         checkpoint = load_weights(path)
         schema = read_label_schema(path, expected=checkpoint["labels"])
@@ -178,7 +178,7 @@ def load_predictor(path, device="auto", throughput=False):
         return OpenVinoPredictor(path, device, throughput=throughput)
     if path.suffix == ".onnx":
         return OnnxPredictor(path, device)
-    raise OtxliteError(f"{path}: unknown model file type '{path.suffix}'. "
+    raise ModelFileError(f"{path}: unknown model file type '{path.suffix}'. "
                        f"Pass a weights.pth, model.onnx or openvino.xml.")
 
 

@@ -1,5 +1,6 @@
 """Model templates: discovery, loading and `params` overrides."""
 
+import json
 import difflib
 from pathlib import Path
 from typing import Any, Literal
@@ -8,7 +9,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from otxlite import OtxliteError
+from otxlite import TemplateError
 from otxlite.augment import Pipeline
 from otxlite.files import read_yaml
 from otxlite.tasks import TASKS
@@ -104,15 +105,15 @@ def validated(template, source, overrides=None):
         key = where.removeprefix("hyper_parameters.")
         hint = " (a YAML list, e.g. '[16, 22]')" if problem["type"] == "list_type" else ""
         if overrides and key in overrides:
-            raise OtxliteError(f"params --{key} {overrides[key]}: {problem['msg'].lower()}{hint}.") from None
+            raise TemplateError(f"params --{key} {overrides[key]}: {problem['msg'].lower()}{hint}.") from None
         shown = "" if problem["type"] == "missing" else f" (got {problem['input']!r})"
-        raise OtxliteError(f"{source}: {where}: {problem['msg'].lower()}{shown}.") from None
+        raise TemplateError(f"{source}: {where}: {problem['msg'].lower()}{shown}.") from None
     if "path" in template:
         checked["path"] = template["path"]
     Pipeline(checked["hyper_parameters"]["augmentation"])  # an unknown transform or argument is an error now
     lr_steps = checked["hyper_parameters"]["learning_parameters"]["lr_steps"]
     if any(step < 1 for step in lr_steps):
-        raise OtxliteError(f"{source}: lr_steps {lr_steps}: epochs count from 1.")
+        raise TemplateError(f"{source}: lr_steps {lr_steps}: epochs count from 1.")
     return checked
 
 
@@ -126,7 +127,7 @@ def load_template(path):
     """Read one template.yaml, checked against the template schema."""
     template = read_yaml(path)
     if not isinstance(template, dict):
-        raise OtxliteError(f"{path}: a template must be a YAML mapping with keys {', '.join(Template.model_fields)}.")
+        raise TemplateError(f"{path}: a template must be a YAML mapping with keys {', '.join(Template.model_fields)}.")
     template["path"] = str(Path(path).resolve())
     return validated(template, path)
 
@@ -134,11 +135,11 @@ def load_template(path):
 def find_templates(task=None, extra_dirs=()):
     """All templates under the template folders, optionally of one task."""
     if task is not None and task not in TASKS:
-        raise OtxliteError(f"Unknown task '{task}'. Known tasks: {', '.join(TASKS)}.")
+        raise TemplateError(f"Unknown task '{task}'. Known tasks: {', '.join(TASKS)}.")
     templates = []
     for folder in template_dirs(extra_dirs):
         if not folder.is_dir():
-            raise OtxliteError(f"Template folder {folder} does not exist.")
+            raise TemplateError(f"Template folder {folder} does not exist.")
         templates += [load_template(p) for p in sorted(folder.rglob("template.yaml"))]
     return [t for t in templates if task is None or t["task"] == task]
 
@@ -157,7 +158,7 @@ def resolve_template(name, extra_dirs=()):
     ids = [t["id"] for t in templates]
     close = difflib.get_close_matches(name, ids, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else " Run `otxlite find` to list them."
-    raise OtxliteError(f"No template file or id '{name}'.{hint}")
+    raise TemplateError(f"No template file or id '{name}'.{hint}")
 
 
 def apply_overrides(template, overrides):
@@ -181,7 +182,7 @@ def apply_overrides(template, overrides):
             known = sorted(flatten(template["hyper_parameters"])) + ["model.kwargs.<argument>"]
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(known)}."
-            raise OtxliteError(f"Unknown hyper-parameter '{key}'.{hint}")
+            raise TemplateError(f"Unknown hyper-parameter '{key}'.{hint}")
         try:
             node[leaf] = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -206,11 +207,22 @@ def parse_params(args):
     while args:
         word = args.pop(0)
         if not word.startswith("--"):
-            raise OtxliteError(f"Expected '--name value' after params, got '{word}'.")
+            raise TemplateError(f"Expected '--name value' after params, got '{word}'.")
         key, sep, value = word[2:].partition("=")
         if not sep:
             if not args:
-                raise OtxliteError(f"params {word} needs a value.")
+                raise TemplateError(f"params {word} needs a value.")
             value = args.pop(0)
         overrides[key] = value
     return overrides
+
+
+def parse_overrides(params):
+    """The API's params ({'learning_parameters.num_iters': 5, ...}, or None) as apply_overrides takes them: strings
+    are kept (read as YAML, as after the CLI's `params`), other values written as JSON, which YAML reads back."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict) or not all(isinstance(key, str) for key in params):
+        raise TemplateError(f"params must map dotted names to values, e.g. {{'learning_parameters.num_iters': 5}}; "
+                            f"got {params!r}.")
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in params.items()}

@@ -10,13 +10,9 @@ from pathlib import Path, PurePath
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from otxlite import OtxliteError
+from otxlite import DataError, OtxliteError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class DataError(OtxliteError):
-    """A problem with one file (or record) of the user's dataset."""
 
 
 @dataclass

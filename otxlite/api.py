@@ -1,0 +1,398 @@
+"""otxlite's Python API: an Engine runs the chain on one dataset, `load` gives a model that predicts, `find` lists
+(or ranks) the templates. The CLI parses arguments and prints; the work is here.
+
+    engine = Engine(data="samples/bccd/data.yaml", work_dir="runs/bccd")
+    engine.train("ssdlite320_mobilenet_v3_large", pretrained=False, params={"learning_parameters.num_iters": 2})
+    evaluation = engine.evaluate()                  # Evaluation: map_50, per_class, f1, ...
+    engine.export(); engine.optimize()              # Run: folder, model, files, figures
+    detections = engine.load().predict("image.jpg") # Detections: boxes, scores, names, masks, .plot(), .to_coco()
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from otxlite import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
+from otxlite.files import read_json
+
+__all__ = ["Engine", "Run", "Evaluation", "Detections", "Model", "load", "find", "OtxliteError", "DataError",
+           "ModelFileError", "TemplateError", "ArgumentError"]
+log = logging.getLogger("otxlite")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one stage wrote: its folder, the model file the next stage takes, every file by name, its figures."""
+
+    folder: Path
+    model: Path
+    files: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+
+    def load(self, device="auto"):
+        """The run's model, ready to predict."""
+        return load(self.model, device)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """`otxlite eval`'s figures. mAPs use every detection; f1 those scoring above confidence_threshold.
+    For instance segmentation, mask_map_50 and mask_map_50_95 are the headline and per_class holds mask AP."""
+
+    model: Path
+    map_50: float
+    map_50_95: float
+    f1: float
+    confidence_threshold: float
+    per_class: dict  # class name -> {"gts", "dets", "recall", "ap"}
+    mask_map_50: float | None = None
+    mask_map_50_95: float | None = None
+    folder: Path | None = None  # where performance.json and the plots were written, if anywhere
+
+    @classmethod
+    def of(cls, performance, model, folder=None):
+        return cls(Path(model), performance["map_50"], performance["map_50_95"], performance["f-measure"],
+                   performance["confidence_threshold"], performance["per_class"], performance.get("segm_map_50"),
+                   performance.get("segm_map_50_95"), folder and Path(folder))
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class Detections:
+    """One image's detections scoring above the threshold: boxes [N, 4] (x1, y1, x2, y2 in the image's pixels),
+    scores [N], labels [N] (label_schema ids), names [N], and for instance segmentation masks [N, H, W] (bool)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list
+    schema: dict = field(repr=False)
+    image_size: tuple  # (height, width)
+    source: Path | None = None  # the image file, when predicted from one
+    image: np.ndarray | None = field(default=None, repr=False)  # the HxWx3 RGB image, when given as pixels
+    rles: list | None = field(default=None, repr=False)
+
+    def __len__(self):
+        return len(self.scores)
+
+    @property
+    def masks(self):
+        """[N, H, W] bool instance masks, or None for detection."""
+        if self.rles is None:
+            return None
+        from pycocotools import mask as coco_mask
+
+        if not self.rles:
+            return np.zeros((0, *self.image_size), bool)
+        return coco_mask.decode(self.rles).transpose(2, 0, 1).astype(bool)
+
+    def to_coco(self, image_id=1, file_name=None):
+        """COCO results, as `otxlite predict` writes them (bbox x, y, w, h; file_name, category_name; RLE
+        segmentation for masks)."""
+        from otxlite.inference import detection_record
+
+        if file_name is None:
+            file_name = self.source.name if self.source else ""
+        names = {label["id"]: label["name"] for label in self.schema["labels"]}
+        return [detection_record(image_id, file_name, box, score, int(label), names,
+                                 None if self.rles is None else self.rles[i])
+                for i, (box, score, label) in enumerate(zip(self.boxes, self.scores, self.labels))]
+
+    def plot(self, image=None):
+        """A PIL image of the detections drawn (and masks filled) on image: by default the one predicted on."""
+        from otxlite.visualize import draw_detections
+
+        if image is None:
+            image = self.image if self.image is not None else self.source
+        if image is None:
+            raise ArgumentError("These detections keep no image; pass the image to plot(image).")
+        picture = Image.fromarray(as_rgb(image))
+        found = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels,
+                 **({"rles": self.rles} if self.rles is not None else {})}
+        return draw_detections(picture, found, self.schema, threshold=-1.0)
+
+
+def as_rgb(image):
+    """An HxWx3 uint8 RGB array from a path, a PIL image (EXIF orientation applied) or an array (HxW grey,
+    HxWx3 RGB or HxWx4 RGBA; uint8, or uint16 scaled down)."""
+    from otxlite.inference import decode
+
+    if isinstance(image, (str, Path)):
+        decoded = decode(Path(image))
+        if isinstance(decoded, str):
+            raise DataError(f"{image}: unreadable image ({decoded}).")
+        return decoded
+    if isinstance(image, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ArgumentError(f"An image array must be HxW or HxWx3 (RGB) of uint8; got {array.dtype} of shape "
+                            f"{array.shape}.")
+    if array.ndim == 2 or array.shape[2] == 1:
+        array = np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+class Model:
+    """A model file (weights.pth, model.onnx, or FP32/INT8 openvino.xml, label_schema.json beside it), loaded
+    once to predict on paths, PIL images or arrays."""
+
+    def __init__(self, path, device="auto"):
+        from otxlite.predictors import load_predictor
+
+        self.path = Path(path)
+        self.predictor = load_predictor(path, device, throughput=True)
+        self.schema = self.predictor.schema
+        self.task = self.schema.get("task", "detection")
+        self.names = [label["name"] for label in self.schema["labels"]]
+        self.confidence_threshold = self.predictor.confidence_threshold
+
+    def __repr__(self):
+        return f"Model({str(self.path)!r}, task={self.task!r}, names={self.names})"
+
+    def predict(self, source, threshold=None, batch_size=8):
+        """Detections scoring above threshold (default: the model's tuned one).
+
+        source: an image path, a PIL image or an HxWx3 array -> Detections; a folder, or a list of any of
+        these -> a list of Detections in order (a folder's images sorted, unreadable ones skipped with a warning).
+        """
+        from otxlite.inference import detect_images, image_files
+
+        threshold = self.confidence_threshold if threshold is None else float(threshold)
+        if not 0 <= threshold <= 1:
+            raise ArgumentError(f"threshold {threshold:g}: give a confidence between 0 and 1.")
+        is_path = isinstance(source, (str, Path))
+        single = not isinstance(source, (list, tuple)) and not (is_path and Path(source).is_dir())
+        units = []  # per image: (file, None) or (None, RGB array), in the order given
+        for item in source if isinstance(source, (list, tuple)) else [source]:
+            if isinstance(item, (str, Path)):
+                units += [(file, None) for file in image_files(item)[0]]
+            else:
+                units.append((None, as_rgb(item)))
+        files = [file for file, _ in units if file is not None]
+        from_files = {index: (image, found) for index, _, image, found in
+                      (detect_images(self.predictor, files, batch_size) if files else [])}
+        arrays = [array for file, array in units if file is None]
+        from_arrays = [found for start in range(0, len(arrays), batch_size)
+                       for found in self.predictor(arrays[start:start + batch_size])]
+        results, file_index, array_index = [], 0, 0
+        for file, array in units:
+            if file is not None:
+                if file_index in from_files:  # else unreadable: detect_images warned and skipped it
+                    image, found = from_files[file_index]
+                    results.append(self.detections(found, image.shape[:2], threshold, source=file))
+                file_index += 1
+            else:
+                results.append(self.detections(from_arrays[array_index], array.shape[:2], threshold, image=array))
+                array_index += 1
+        if single:
+            if not results:
+                raise DataError(f"{source}: unreadable image (see the warning above).")
+            return results[0]
+        return results
+
+    def detections(self, found, image_size, threshold, source=None, image=None):
+        keep = np.flatnonzero(found["scores"] > threshold)
+        names = {label["id"]: label["name"] for label in self.schema["labels"]}
+        labels = found["labels"][keep].astype(np.int64)
+        return Detections(found["boxes"][keep], found["scores"][keep], labels, [names[int(i)] for i in labels],
+                          self.schema, tuple(image_size), source and Path(source), image,
+                          [found["rles"][i] for i in keep] if "rles" in found else None)
+
+
+def load(path, device="auto"):
+    """The model file at path, ready to predict: `otxlite.load("runs/x/openvino.xml").predict(image)`."""
+    return Model(path, device)
+
+
+def find(task=None, data=None, template_dirs=()):
+    """The templates (dicts, as in template.yaml) of a task; with data (a data.yaml), only the data's task's,
+    ranked for it, best first, each with "fit": the reason and its smallest class's median object at its input."""
+    from otxlite.templates import find_templates
+
+    if data is None:
+        return find_templates(task, template_dirs)
+    from otxlite.autoconfig import rank_templates
+    from otxlite.data import split_specs
+
+    data_task, fits = rank_templates(split_specs(data), template_dirs)
+    if task is not None and task != data_task:
+        raise ArgumentError(f"--task {task}: the data's annotations make it a {data_task} dataset.")
+    return [{**f.template, "fit": {"reason": f.reason, "input_size": str(f.input_size),
+                                   "smallest_class": f.smallest_class, "smallest_side": round(f.smallest_side, 1)}}
+            for f in fits]
+
+
+class Engine:
+    """The chain on one dataset, inside work_dir: each stage writes its own folder (train: work_dir itself;
+    evaluate: eval/, export: export/, optimize: optimize/) and, unless told which model to take, takes the
+    model the stage before wrote, as `otxlite` commands take `--load-weights`.
+
+    data: a data.yaml (otxlite's or Ultralytics'); split paths as keywords (train_ann_files=...,
+    train_data_roots=..., and val_/test_) add or replace splits, as the CLI flags do.
+    """
+
+    def __init__(self, data=None, work_dir="runs/otxlite", device="auto", template_dirs=(), **split_paths):
+        from otxlite.data import split_specs
+
+        unknown = [k for k in split_paths if not k.endswith(("_ann_files", "_data_roots"))]
+        if unknown:
+            raise ArgumentError(f"Unknown argument(s) {', '.join(unknown)}: splits are given as data=data.yaml or "
+                                f"<split>_ann_files=... and <split>_data_roots=....")
+        self.data, self.work_dir, self.device, self.template_dirs = data, Path(work_dir), device, tuple(template_dirs)
+        self.specs = split_specs(data, **split_paths)
+        self.model = None  # the model file the last stage wrote
+
+    def _model(self, model):
+        model = model or self.model
+        if model is None:
+            raise ArgumentError("No model yet: train one first, or pass model= (a weights.pth, model.onnx or "
+                                "openvino.xml).")
+        return Path(model)
+
+    def train(self, template=None, output=None, params=None, pretrained=True, load_weights=None, seed=0,
+              resume=False, val_split=None, augmentation="template", devices=1, engine="local", workers=None,
+              ray_address=None):
+        """Train template (an id or a template.yaml path; None: chosen from the data, or the run's own with
+        resume) into output (default: work_dir). params: overrides as {"learning_parameters.num_iters": 5}.
+        Returns a Run: model weights.pth, figures {"epoch", "confidence_threshold", and the val mAPs}."""
+        from otxlite.templates import parse_overrides, resolve_template
+        from otxlite.train import train as run_training
+
+        if engine not in ("local", "ray"):
+            raise ArgumentError(f"engine '{engine}': choose local or ray.")
+        if engine == "ray" and devices > 1:
+            raise ArgumentError("With --engine ray, give the number of processes as --workers N.")
+        if engine == "local" and (workers or ray_address):
+            raise ArgumentError("--workers and --ray-address are for --engine ray; train locally with --devices N.")
+        if augmentation not in ("template", "none"):
+            raise ArgumentError(f"augmentation '{augmentation}': choose template or none.")
+        output = Path(output) if output else self.work_dir
+        overrides = parse_overrides(params)
+        if augmentation == "none":
+            overrides = {"augmentation": "{}", **overrides}
+        resolved = None
+        if not resume:
+            resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()
+        weights = run_training(resolved, self.specs, output, overrides, pretrained=pretrained,
+                               load_weights=load_weights, device=self.device, seed=seed, resume=resume,
+                               val_split=val_split, devices=workers or devices, engine=engine,
+                               ray_address=ray_address)
+        if val_split is not None:  # later stages use the same split
+            from otxlite.data import read_data_yaml
+
+            self.specs = read_data_yaml(output / "data.yaml")
+        self.model = Path(weights)
+        return train_run(output, self.model)
+
+    def choose_template(self):
+        """The template for this data (autoconfig's rule), saying which and why."""
+        from otxlite.autoconfig import choose_template
+
+        template, reason = choose_template(self.specs, self.template_dirs)
+        log.info("No template given: chose %s (%s).", template["id"], reason)
+        return template
+
+    def evaluate(self, model=None, output=None, params=None, save_performance=None):
+        """Evaluate model (default: the last one written) on the test split; writes performance.json and plots
+        into output (default: work_dir/eval when the model came from this engine, else nowhere)."""
+        from otxlite.evaluate import evaluate
+        from otxlite.templates import parse_overrides
+
+        path = self._model(model)
+        if output is None and model is None:
+            output = self.work_dir / "eval"
+        performance = evaluate(path, self.specs, output, save_performance, parse_overrides(params), self.device)
+        return Evaluation.of(performance, path, output)
+
+    def export(self, model=None, output=None, formats=("onnx", "openvino"), precision="FP32"):
+        """Export a weights.pth (default: the last trained) to ONNX and OpenVINO IR in output (default:
+        work_dir/export). Returns a Run whose model is openvino.xml (or model.onnx when only ONNX is asked)."""
+        from otxlite.export import export
+
+        output = Path(output) if output else self.work_dir / "export"
+        paths = export(self._model(model), output, tuple(formats), precision)
+        files = {path.name: path for path in paths}
+        self.model = files.get("openvino.xml") or paths[0]
+        return Run(output, self.model, files | metadata_files(output), read_json(output / "config.json"))
+
+    def optimize(self, model=None, output=None, method=None, subset_size=None, preset="mixed",
+                 max_accuracy_drop=None, params=None, resume=False):
+        """Quantize to INT8 with NNCF: post-training on an openvino.xml (default: the last exported), or
+        quantization-aware training on a weights.pth. Returns a Run: model openvino.xml (INT8), figures the
+        performance.json (FP32 and INT8 side by side)."""
+        from otxlite.optimize import optimize
+        from otxlite.templates import parse_overrides
+
+        output = Path(output) if output else self.work_dir / "optimize"
+        self.model = Path(optimize(self._model(model), self.specs, output, subset_size, preset, max_accuracy_drop,
+                                   method, parse_overrides(params), self.device, resume))
+        files = {name: output / name for name in ("openvino.xml", "openvino.bin", "weights_int8.pth")
+                 if (output / name).is_file()}
+        return Run(output, self.model, files | metadata_files(output), read_json(output / "performance.json"))
+
+    def load(self, model=None):
+        """The model (default: the last one written), ready to predict."""
+        return load(self._model(model), self.device)
+
+    def predict(self, source, model=None, threshold=None, batch_size=8):
+        """Detections for source (see Model.predict) with model (default: the last one written)."""
+        return self.load(model).predict(source, threshold, batch_size)
+
+    def predict_to_file(self, source, output, model=None, output_format=None, threshold=None, batch_size=8):
+        """Detections for an image or a folder written as COCO results JSON or CSV (`otxlite predict`); returns
+        the path. Streams: memory does not grow with the number of images."""
+        from otxlite.inference import predict_files
+
+        return predict_files(self._model(model), source, output, output_format, threshold, batch_size, self.device)
+
+    def demo(self, source, model=None, output=None, threshold=None):
+        """Annotated copies of an image, a folder's images or a video; returns the output folder (default:
+        demo/ beside the model)."""
+        from otxlite.demo import demo
+
+        return demo(self._model(model), source, output, threshold, self.device)
+
+    def deploy(self, model=None, output=None):
+        """A zip of the openvino.xml with a runner that needs only openvino, numpy and pillow; returns its path
+        (default: work_dir/deploy.zip)."""
+        from otxlite.deploy import deploy
+
+        return deploy(self._model(model), output or self.work_dir / "deploy.zip")
+
+    def check_data(self):
+        """(report text, ok): `otxlite data check` on the engine's splits; ok when training would run."""
+        from otxlite.check import check_data
+
+        return check_data(self.specs)
+
+    def convert_data(self, output):
+        """The splits as COCO JSON with the images copied, and a data.yaml over them; returns its path."""
+        from otxlite.convert import convert_to_coco
+
+        return convert_to_coco(self.specs, output)
+
+
+def metadata_files(folder):
+    return {name: folder / name for name in ("label_schema.json", "config.json", "performance.json")
+            if (folder / name).is_file()}
+
+
+def train_run(folder, weights):
+    """The Run of a finished training: weights.pth with its best epoch's val figures and tuned threshold."""
+    from otxlite.files import load_checkpoint
+
+    checkpoint = load_checkpoint(weights)
+    figures = {"epoch": checkpoint.get("epoch"), "confidence_threshold": checkpoint["confidence_threshold"],
+               **{f"val_{key}": value for key, value in (checkpoint.get("metrics") or {}).items()}}
+    files = {name: folder / name for name in ("weights.pth", "label_schema.json", "train_batch.jpg",
+                                              "checkpoints/last.pth", "logs/metrics.csv", "logs/loss.png",
+                                              "logs/train.log", "data.yaml") if (folder / name).is_file()}
+    return Run(folder, Path(weights), files, figures)
