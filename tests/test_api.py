@@ -89,6 +89,21 @@ def test_a_loaded_model_gives_the_same_detections_for_a_path_a_pil_image_an_arra
     assert from_path.to_coco(image_id=1, file_name=image_path.name) == json.loads(written.read_text())
 
 
+@pytest.mark.parametrize("model_file", ["weights.pth", "export/model.onnx", "optimize/openvino.xml"])
+def test_every_backend_takes_every_kind_of_input(chain, model_file):
+    _, _, root = chain
+    image_path = sorted((root / "test").glob("*.jpg"))[0]
+    model = otx.load(root / "run" / model_file)
+    array = np.asarray(Image.open(image_path).convert("RGB"))
+    grey = np.asarray(Image.open(image_path).convert("L"))
+    found = model.predict([image_path, array, Image.open(image_path), grey], threshold=0.0)
+    assert [len(d) for d in found[:3]] == [len(found[0])] * 3 and len(found[0]) > 0
+    for other in found[1:3]:  # PyTorch runs same-size images as one batch: float rounding differs by < 1e-3 px
+        np.testing.assert_allclose(other.boxes, found[0].boxes, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(other.scores, found[0].scores, rtol=0, atol=1e-5)
+    assert found[3].image_size == (480, 640) and found[3].plot().size == (640, 480)
+
+
 def test_api_errors_are_otxlite_errors_with_the_cli_messages(chain, tmp_path, otxlite):
     _, results, root = chain
     missing = tmp_path / "openvino.xml"
