@@ -36,12 +36,21 @@ class ArgumentError(OtxliteError):
     """Arguments that cannot go together, or a value out of range."""
 
 
+class MessageFormatter(logging.Formatter):
+    """otxlite's messages as they are, warnings (every skipped record or file, every counted problem) led by
+    "warning: ", whichever command or stage logs them."""
+
+    def format(self, record):
+        message = super().format(record)
+        return f"warning: {message}" if record.levelno == logging.WARNING else message
+
+
 def setup_logging():
-    """otxlite's messages to stderr, without decoration."""
+    """otxlite's messages to stderr; warnings start with "warning: "."""
     logger = logging.getLogger("otxlite")
     if not logger.handlers:
         console = logging.StreamHandler()
-        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setFormatter(MessageFormatter("%(message)s"))
         logger.addHandler(console)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from otxlite import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
-from otxlite.files import read_json
+from otxlite.files import read_json, refuse_overwriting
 
 __all__ = ["Engine", "Run", "Evaluation", "Detections", "Model", "load", "find", "OtxliteError", "DataError",
            "ModelFileError", "TemplateError", "ArgumentError"]
@@ -250,6 +250,16 @@ class Engine:
         self.specs = split_specs(data, **split_paths)
         self.model = None  # the model file the last stage wrote
 
+    def data_inputs(self):
+        """{what: path} of the data this engine reads: data.yaml, and each split's annotations and images."""
+        inputs = {"the data file": self.data} if self.data else {}
+        for name, spec in self.specs.items():
+            for what, path in (("annotations", spec.ann_files), ("images", spec.data_roots),
+                               ("image list", spec.image_list)):
+                if path is not None:
+                    inputs[f"the {name} split's {what}"] = path
+        return inputs
+
     def _model(self, model):
         model = model or self.model
         if model is None:
@@ -275,12 +285,23 @@ class Engine:
         if augmentation not in ("template", "none"):
             raise ArgumentError(f"augmentation '{augmentation}': choose template or none.")
         output = Path(output) if output else self.work_dir
+        # train --resume writes into the run folder it reads, as its contract says; nothing else may be written over
+        refuse_overwriting({"--output": output}, {**self.data_inputs(), **model_inputs(load_weights)}
+                           if not resume else self.data_inputs())
         overrides = parse_overrides(params)
         if augmentation == "none":
             overrides = {"augmentation": "{}", **overrides}
         resolved = None
         if not resume:
             resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()
+        elif template:  # the run's own template is used: a different one named is a mistake, not a wish
+            from otxlite.files import load_checkpoint
+
+            used = load_checkpoint(output / "checkpoints" / "last.pth")["template"]["id"]
+            named = resolve_template(template, self.template_dirs)["id"]
+            if named != used:
+                raise ArgumentError(f"--resume: the run in {output} trains {used}, not {named}. Resume it without "
+                                    f"TEMPLATE (or with {used}), or train {named} into another --output.")
         weights = run_training(resolved, self.specs, output, overrides, pretrained=pretrained,
                                load_weights=load_weights, device=self.device, seed=seed, resume=resume,
                                val_split=val_split, devices=workers or devices, engine=engine,
@@ -309,6 +330,8 @@ class Engine:
         path = self._model(model)
         if output is None and model is None:
             output = self.work_dir / "eval"
+        refuse_overwriting({"--output": output, "--save-performance": save_performance},
+                           {**model_inputs(path), **self.data_inputs()})
         performance = evaluate(path, self.specs, output, save_performance, parse_overrides(params), self.device)
         return Evaluation.of(performance, path, output)
 
@@ -318,6 +341,7 @@ class Engine:
         from otxlite.export import export
 
         output = Path(output) if output else self.work_dir / "export"
+        refuse_overwriting({"--output": output}, model_inputs(self._model(model)))
         paths = export(self._model(model), output, tuple(formats), precision)
         files = {path.name: path for path in paths}
         self.model = files.get("openvino.xml") or paths[0]
@@ -332,6 +356,7 @@ class Engine:
         from otxlite.templates import parse_overrides
 
         output = Path(output) if output else self.work_dir / "optimize"
+        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), **self.data_inputs()})
         self.model = Path(optimize(self._model(model), self.specs, output, subset_size, preset, max_accuracy_drop,
                                    method, parse_overrides(params), self.device, resume))
         files = {name: output / name for name in ("openvino.xml", "openvino.bin", "weights_int8.pth")
@@ -351,6 +376,7 @@ class Engine:
         the path. Streams: memory does not grow with the number of images."""
         from otxlite.inference import predict_files
 
+        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), "the input": source})
         return predict_files(self._model(model), source, output, output_format, threshold, batch_size, self.device)
 
     def demo(self, source, model=None, output=None, threshold=None):
@@ -358,6 +384,7 @@ class Engine:
         demo/ beside the model)."""
         from otxlite.demo import demo
 
+        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), "the input": source})
         return demo(self._model(model), source, output, threshold, self.device)
 
     def deploy(self, model=None, output=None):
@@ -365,7 +392,9 @@ class Engine:
         (default: work_dir/deploy.zip)."""
         from otxlite.deploy import deploy
 
-        return deploy(self._model(model), output or self.work_dir / "deploy.zip")
+        output = output or self.work_dir / "deploy.zip"
+        refuse_overwriting({"--output": output}, model_inputs(self._model(model)))
+        return deploy(self._model(model), output)
 
     def check_data(self):
         """(report text, ok): `otxlite data check` on the engine's splits; ok when training would run."""
@@ -377,7 +406,18 @@ class Engine:
         """The splits as COCO JSON with the images copied, and a data.yaml over them; returns its path."""
         from otxlite.convert import convert_to_coco
 
+        refuse_overwriting({"--output": output}, self.data_inputs())
         return convert_to_coco(self.specs, output)
+
+
+def model_inputs(model):
+    """{what: path} of a model file and the files its stage wrote beside it (none for no model)."""
+    if not model:
+        return {}
+    model = Path(model)
+    beside = [model.with_suffix(".bin")] if model.suffix == ".xml" else []
+    beside += [model.parent / name for name in ("label_schema.json", "config.json", "performance.json")]
+    return {"the model": model, **{f"the model's {path.name}": path for path in beside if path.exists()}}
 
 
 def metadata_files(folder):

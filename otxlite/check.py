@@ -1,9 +1,10 @@
 """`otxlite data check`: what each split holds, and every problem that would stop or change training."""
 
+import difflib
 from collections import Counter
 
 from otxlite import OtxliteError
-from otxlite.data import Problem, check_split, declared_classes, in_split_order
+from otxlite.data import SPLITS, Problem, check_split, declared_classes, in_split_order
 
 SHOWN_SIZES = 3
 
@@ -16,6 +17,12 @@ def check_data(specs):
         errors += 1
     for name in in_split_order(specs):
         spec = specs[name]
+        if name not in SPLITS:
+            close = difflib.get_close_matches(name, SPLITS, n=1)
+            lines.append(f"warning unknown split: '{name}' is not a split otxlite reads ({', '.join(SPLITS)})"
+                         f"{'; did you mean ' + close[0] + '?' if close else ''} It is checked below, but no command "
+                         f"uses it.")
+            warnings += 1
         try:
             split, problems = check_split(spec, None if name == "train" else known, decode=True, masks=None)
         except OtxliteError as err:  # the annotation files themselves cannot be read
@@ -59,5 +66,7 @@ def split_summary(name, spec, split):
             f"{ignored} of them crowd or difficult regions (not trained on, ignored when scoring)",
             *([f"  {shaped} boxes with masks (instance segmentation needs one on every box that is not a crowd "
                f"region)"] if shaped else []),
+            *([f"  info: {split.unlabelled} image(s) without an annotation file of their own, read as background "
+               f"(no objects)"] if split.unlabelled else []),
             "  boxes per class: " + (", ".join(f"{c} {per_class[c]}" for c in split.class_order) or "none"),
             f"  image sizes: {shown or 'none readable'}{more}"]

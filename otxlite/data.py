@@ -13,6 +13,7 @@ import numpy as np
 import pydantic
 import torch
 import yaml
+from pycocotools import mask as coco_mask
 from PIL import UnidentifiedImageError
 from torchvision import tv_tensors
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,6 +35,7 @@ SPEC_KEYS = {"ann-files": "ann_files", "data-roots": "data_roots", "format": "fo
              "names": "names", "columns": "columns", "bbox-format": "bbox_format", "image-list": "image_list"}
 PATH_KEYS = ("ann-files", "data-roots", "image-list")
 CACHE_BYTES = 512 * 2 ** 20  # decoded training images (at the model's scale) each DataLoader worker keeps
+MIN_SHAPE_IOU = 0.5  # a box and its own polygon or mask overlapping less than this disagree
 CLIP_TOLERANCE = 1.0  # px a box may reach outside its image (rounding, 1-based VOC) before clipping is worth a warning
 
 
@@ -289,7 +291,8 @@ def check_split(spec, known_classes=None, decode=False, masks=False):
     if not split.samples:
         return replace(split, class_order=[]), [Problem("empty split", str(spec.ann_files), f"{spec.ann_files}: split '{spec.name}' "
                                  f"has no images.", True)]
-    problems = []
+    problems = [Problem("orphan", str(path), f"{path}: an annotation file without its image (none of that name in "
+                        f"the images); not read. Add the image, or remove the file.", False) for path in split.orphans]
     for sample in split.samples:
         problem = read_image_size(sample, decode)
         if problem:
@@ -304,6 +307,10 @@ def check_split(spec, known_classes=None, decode=False, masks=False):
         kept, seen = [], set()
         for box, name, record, ignored, shape in zip(sample.boxes, sample.classes, sample.records, sample.ignored,
                                                      sample.shapes):
+            if not str(name).strip():
+                problems.append(Problem("empty class name", record, f"{record}: the class name is empty; every class "
+                                        f"needs a name (fix the category or names entry).", True))
+                continue
             if known_classes is not None and name not in known_classes:
                 problems.append(Problem("unknown class", record, f"{record}: class '{name}' never appears in the "
                                         f"training split (training classes: {', '.join(known_classes)}). "
@@ -313,10 +320,11 @@ def check_split(spec, known_classes=None, decode=False, masks=False):
                 box = [box[0] * sample.width, box[1] * sample.height, box[2] * sample.width, box[3] * sample.height]
                 shape = shape and shape.scaled(sample.width, sample.height)
             if masks or (masks is None and shape is not None):
-                problem = shape_problem(shape, record, ignored, sample)
+                problem = shape_problem(shape, record, ignored, sample) or box_disagrees(shape, box, record, sample)
                 if problem:
                     problems.append(problem)
-                    continue
+                    if problem.kind != "box and shape disagree":
+                        continue
             inside = [min(max(box[0], 0), sample.width), min(max(box[1], 0), sample.height),
                       min(max(box[2], 0), sample.width), min(max(box[3], 0), sample.height)]
             shown = "[" + ", ".join(f"{v:g}" for v in box) + "]"
@@ -357,6 +365,25 @@ def shape_problem(shape, record, ignored, sample):
     return Problem(kind, record, f"{record}: the {shape} {why}; instance dropped.", False)
 
 
+def box_disagrees(shape, box, record, sample):
+    """A warning Problem when a box and its instance's shape (checked) overlap with IoU under MIN_SHAPE_IOU: one of
+    them is on another object, or in other units; None when they agree (or there is no shape)."""
+    if shape is None:
+        return None
+    x, y, w, h = (float(v) for v in coco_mask.toBbox(shape.rle(sample.width, sample.height)))
+    around = [x, y, x + w, y + h]
+    overlap = max(0.0, min(box[2], around[2]) - max(box[0], around[0])) * \
+        max(0.0, min(box[3], around[3]) - max(box[1], around[1]))
+    union = (box[2] - box[0]) * (box[3] - box[1]) + w * h - overlap
+    iou = overlap / union if union > 0 else 0.0
+    if iou >= MIN_SHAPE_IOU:
+        return None
+    shown = ", ".join(f"{v:g}" for v in box)
+    return Problem("box and shape disagree", record, f"{record}: box [{shown}] and its {shape} overlap at IoU "
+                   f"{iou:.2f} (the {shape} spans [{', '.join(f'{v:g}' for v in around)}]); one is off. Kept as "
+                   f"given: the box trains detection, the {shape} the mask.", False)
+
+
 def read_image_size(sample, decode):
     """Set sample.width/height from the image as viewers show it (EXIF orientation applied).
 
@@ -387,6 +414,8 @@ WARNINGS = {"clipped": "clipped {count} box(es) that reached outside their image
             "duplicate": "dropped {count} duplicate box(es)",
             "bad shape": "dropped {count} instance(s) whose shape cannot be a mask",
             "truncated": "{count} truncated image(s) decoded with their missing end grey",
+            "orphan": "{count} annotation file(s) without their image, not read",
+            "box and shape disagree": "{count} box(es) far from their own polygon or mask (IoU < 0.5), kept",
             "size": "{count} image(s) whose size differs from the one their annotation declares"}
 
 

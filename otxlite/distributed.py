@@ -99,6 +99,10 @@ def launch(function, arguments, devices, device):
     if device.type == "cuda" and devices > torch.cuda.device_count():
         raise OtxliteError(f"--devices {devices}: only {torch.cuda.device_count()} GPU(s) are visible. Use at most "
                            f"that many, or --device cpu for CPU processes.")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cpu" and devices > cores:
+        raise OtxliteError(f"--devices {devices}: this machine gives otxlite {cores} CPU core(s), and each CPU process "
+                           f"(gloo) needs one. Use --devices {cores} or fewer.")
     errors = mp.get_context("spawn").SimpleQueue()
     logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # our error says it instead
     processes = mp.start_processes(run_rank, args=(devices, free_port(), function, arguments, errors),

@@ -12,6 +12,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from otxlite import DataError
 from otxlite.data import load_split, make_loader, require_splits
 from otxlite.files import label_names, write_atomic, write_json
 from otxlite.formats.base import decode_image
@@ -35,7 +36,9 @@ def evaluate(model_path, specs, output=None, save_performance=None, overrides=No
     predictor = load_predictor(model_path, device)
     postprocessing = thresholding(predictor, overrides or {})
     require_splits(specs, "test")
-    split = load_split(specs["test"], known_classes=label_names(predictor.schema))
+    task = task_of(predictor.schema)
+    split = load_split(specs["test"], known_classes=label_names(predictor.schema), masks=None if task.masks else False)
+    refuse_meaningless(split, specs["test"], task)
     params = predictor.template["hyper_parameters"]["learning_parameters"]
     log.info("Evaluating %s on %d test images", model_path, len(split.samples))
     predictions = predict(predictor, make_loader(split.samples, predictor.schema, params, predictor.device))
@@ -50,6 +53,21 @@ def evaluate(model_path, specs, output=None, save_performance=None, overrides=No
         save_gallery(split.samples, predictions, predictor.schema, performance["confidence_threshold"],
                      Path(output) / "gallery.jpg")
     return performance
+
+
+def refuse_meaningless(split, spec, task):
+    """An error when the test split cannot give the figures meaning: no objects at all, or, for a mask model,
+    objects without masks (their box would stand in for the mask)."""
+    objects = [(record, shape) for s in split.samples
+               for record, shape, ignored in zip(s.records, s.shapes, s.ignored) if not ignored]
+    if not objects:
+        raise DataError(f"{spec.ann_files}: the test split holds no objects, so mAP and F1 would mean nothing. "
+                        f"Evaluate on annotated images (`otxlite data check` shows what each split holds).")
+    unmasked = [record for record, shape in objects if shape is None]
+    if task.masks and unmasked:
+        raise DataError(f"{spec.ann_files}: {len(unmasked)} of {len(objects)} test objects have a box but no mask "
+                        f"(first: {unmasked[0]}), so mask mAP would mean nothing. Evaluate this instance-segmentation "
+                        f"model on annotations with masks (polygons, RLE or mask images).")
 
 
 def thresholding(predictor, overrides):

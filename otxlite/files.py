@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def read_json(path):
 
 def read_text(path):
     """A UTF-8 text file (a byte-order mark is accepted); anything else is one error naming the file."""
+    if Path(path).exists() and not stat.S_ISREG(os.stat(path).st_mode) and not Path(path).is_dir():
+        raise OtxliteError(f"{path}: not a regular file (a FIFO, socket or device); give a text file.")
     try:
         return Path(path).read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -189,3 +192,24 @@ def log_file(path):
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def refuse_overwriting(outputs, inputs):
+    """One error (ArgumentError), before any work, when an output path is, contains or lies inside an input.
+
+    outputs: {flag: path} the command will write (a file or a folder); inputs: {what: path} it reads (files and
+    folders). A new folder, or one beside the inputs, is fine.
+    """
+    from otxlite import ArgumentError
+
+    for flag, output in outputs.items():
+        if output is None:
+            continue
+        written = Path(output).absolute().resolve()
+        for what, source in inputs.items():
+            read = Path(source).absolute().resolve()
+            relation = ("is" if written == read else "contains" if read.is_relative_to(written)
+                        else "lies inside" if written.is_relative_to(read) else None)
+            if relation:
+                raise ArgumentError(f"{flag} {output} {relation} {what} {source}: otxlite never writes over its "
+                                    f"inputs. Choose another {flag}.")

@@ -1,5 +1,7 @@
 """Building torchvision detection and instance-segmentation models from templates, and loading their weights."""
 
+import difflib
+import inspect
 import importlib
 from dataclasses import dataclass
 
@@ -184,6 +186,7 @@ def build_model(template, num_classes, pretrained=False):
     except TypeError as err:
         raise OtxliteError(f"model.kwargs {kwargs}: {spec['architecture']} does not take them ({err}). "
                            f"Check the template's model.kwargs and params --model.kwargs.") from None
+    refuse_unknown_arguments(kwargs, builder, model, spec["architecture"])
     if pretrained:
         model = pretrained_model(template, builder, kwargs, model, num_classes)
     if type(model.transform) is GeneralizedRCNNTransform:
@@ -191,6 +194,25 @@ def build_model(template, num_classes, pretrained=False):
     if spec.get("anchors"):
         set_anchors(model, spec["anchors"])
     return model
+
+
+def refuse_unknown_arguments(kwargs, builder, model, architecture):
+    """torchvision's builders pass unknown keyword arguments down to the resizing transform, which ignores them:
+    a misspelt model.kwargs key would change nothing, silently. Each key must be a named parameter of the builder,
+    of the model's class or of its transform."""
+    accepted = set()
+    for function in (builder, type(model).__init__, type(model.transform).__init__):
+        accepted |= {name for name, parameter in inspect.signature(function).parameters.items()
+                     if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)}
+    accepted -= {"self", "weights", "weights_backbone", "num_classes", "backbone", "progress"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        from otxlite import TemplateError
+
+        close = [name for key in unknown for name in difflib.get_close_matches(key, sorted(accepted), n=1)]
+        raise TemplateError(f"model.kwargs {', '.join(unknown)}: not an argument of {architecture}"
+                            f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}. It accepts: "
+                            f"{', '.join(sorted(accepted))}.")
 
 
 def pretrained_model(template, builder, kwargs, model, num_classes):

@@ -118,6 +118,10 @@ class OpenVinoPredictor(ExportedPredictor):
         import openvino
 
         core = openvino.Core()
+        weights = Path(path).with_suffix(".bin")
+        if not weights.is_file():
+            raise ModelFileError(f"{path}: its weights file {weights} is missing. An OpenVINO IR is the .xml and "
+                                 f"the .bin written beside it; copy both.")
         try:
             model = core.read_model(str(path))
         except RuntimeError as err:

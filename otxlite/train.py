@@ -86,6 +86,12 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     for name in ("train", "val"):
         log.info("%s split: %d images, %d %s", name, len(splits[name].samples),
                  sum(len(s.boxes) for s in splits[name].samples), "instances" if task.masks else "boxes")
+    val_objects = sum(not ignored for s in splits["val"].samples for ignored in s.ignored)
+    if not val_objects:
+        log.warning("val split: no objects in its %d images, so val mAP is 0 every epoch and cannot pick an epoch: "
+                    "early stopping is off and weights.pth is the last epoch. Give val annotated images (or "
+                    "--val-split) to keep the best one.", len(splits["val"].samples))
+        params["enable_early_stopping"] = False
 
     pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
     if load_weights:
@@ -147,7 +153,7 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                "seconds": round(time.perf_counter() - started, 2),
                "images_per_s": round(len(splits["train"].samples) / train_seconds, 2)}
         history.append(row)
-        improved = best is None or metrics[task.headline] > best["value"]
+        improved = best is None or metrics[task.headline] > best["value"] or not val_objects
         if improved:
             best = {"value": metrics[task.headline], "epoch": epoch + 1}
             if main:

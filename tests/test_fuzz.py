@@ -1,7 +1,11 @@
 """Fuzzing the readers: whatever a user's files hold, the only exception that escapes is otxlite's own error."""
 
 import json
+import os
+import signal
 import tempfile
+import time
+import traceback
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -16,7 +20,7 @@ from otxlite.data import check_split, read_data_yaml
 from otxlite.formats import SplitSpec
 from otxlite.formats.shapes import instance_masks
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats() | st.text(max_size=12)
 structures = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=16)
@@ -26,7 +30,11 @@ numbers_as_text = st.one_of(st.floats().map(str), st.integers(-5, 700).map(str),
 def read_everything(write, masks=False):
     """Write a dataset with write(folder) (which returns the SplitSpec or data.yaml to read), then read and check
     it as training would (masks: as instance segmentation does, rasterising every kept mask); only OtxliteError
-    may escape."""
+    may escape. It runs in a forked child: a native crash (a signal) or a hang fails the example."""
+    in_child(lambda: read_and_check(write, masks))
+
+
+def read_and_check(write, masks):
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(folder / "a.png")
@@ -41,6 +49,32 @@ def read_everything(write, masks=False):
                         assert instance_masks(kept, sample.width, sample.height).shape[0] == len(kept)
         except OtxliteError:
             pass
+
+
+def in_child(function, timeout=60):
+    """Run function in a forked process; fail on its exception, on a signal that killed it, or after timeout s."""
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 when function returns, 1 with the traceback when it raises
+        status = 1
+        try:
+            function()
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the reader hung for {timeout} s")
+        time.sleep(0.005)
+    assert not os.WIFSIGNALED(status), f"the reader died of {signal.Signals(os.WTERMSIG(status)).name}"
+    assert os.WEXITSTATUS(status) == 0, "the reader raised something other than OtxliteError (traceback above)"
 
 
 @FUZZ
@@ -148,8 +182,12 @@ def test_any_labelme_shapes_as_instances(shapes):
 
 
 @FUZZ
-@given(st.lists(st.lists(st.floats(-100, 100) | st.integers(-100, 100), max_size=10), max_size=3)
-       | st.fixed_dictionaries({"size": structures | st.just([32, 48]), "counts": structures | st.text(max_size=12)})
+@given(st.lists(st.lists(st.floats(-100, 100) | st.integers(-100, 100) | st.floats() | st.sampled_from(
+           [float("nan"), float("inf"), -float("inf"), 1e12, -1e12, 2 ** 62]), max_size=10), max_size=3)
+       | st.fixed_dictionaries({"size": structures | st.just([32, 48]) | st.lists(st.integers(-2, 10 ** 9),
+                                                                                   max_size=3),
+                                "counts": structures | st.text(max_size=12) | st.lists(
+                                    st.integers(-10 ** 12, 10 ** 12) | st.integers(0, 1536), max_size=6)})
        | structures)
 def test_any_coco_segmentation_as_instances(segmentation):
     def write(folder):

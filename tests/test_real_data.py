@@ -425,7 +425,7 @@ def openvino_without_bin(root, model):
     for name in ("openvino.xml", "label_schema.json"):
         shutil.copy(model.parent.parent / "export" / name, root / "ir" / name)
     return ["eval", "--load-weights", root / "ir" / "openvino.xml", "--data", root / "data.yaml"], [
-        str(root / "ir" / "openvino.xml"), "not a readable OpenVINO IR", "bin file cannot be found"]
+        str(root / "ir" / "openvino.xml"), f"its weights file {root / 'ir' / 'openvino.bin'} is missing"]
 
 
 CORPUS = {

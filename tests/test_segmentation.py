@@ -452,3 +452,22 @@ def test_deploy_runner_encodes_rle_as_pycocotools_does():
         mask[:] = True if trial % 7 == 0 else mask
         reference = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
         assert coco_rle(mask) == {"size": [int(height), int(width)], "counts": reference["counts"].decode()}
+
+
+def test_eval_of_a_mask_model_on_boxes_without_masks_is_refused(fitted_segmenter, tmp_path, otxlite):
+    root, weights = fitted_segmenter
+    (tmp_path / "labels").mkdir()
+    for label in (root / "labels").glob("*.txt"):  # the same objects, as boxes only (class cx cy w h)
+        boxes = []
+        for line in label.read_text().splitlines():
+            values = line.split()
+            xs, ys = [float(v) for v in values[1::2]], [float(v) for v in values[2::2]]
+            boxes.append(f"{values[0]} {(min(xs) + max(xs)) / 2} {(min(ys) + max(ys)) / 2} {max(xs) - min(xs)} "
+                         f"{max(ys) - min(ys)}")
+        (tmp_path / "labels" / label.name).write_text("\n".join(boxes) + "\n")
+    shutil.copytree(root / "images", tmp_path / "images")
+    names = yaml.safe_load((root / "data.yaml").read_text())["names"]
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images", "val": "images",
+                                                        "test": "images", "names": names}))
+    status, _, err = otxlite("eval", "--load-weights", weights, "--data", tmp_path / "data.yaml")
+    assert status == 2 and "have a box but no mask" in err and "mask mAP would mean nothing" in err, err

@@ -1,7 +1,10 @@
 """What every annotation format loads into: samples (an image and its boxes) grouped into splits."""
 
 import io
+import logging
 import math
+import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
@@ -11,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from otxlite import DataError, OtxliteError
+
+log = logging.getLogger("otxlite")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -43,6 +48,8 @@ def open_image(image):
 
     An image over PIL's decompression-bomb limit is a DataError naming the file.
     """
+    if not isinstance(image, EmbeddedImage) and Path(image).exists() and not is_regular(image):
+        raise DataError(f"{image}: not a regular file (a FIFO, socket or device); it cannot be an image.")
     try:
         return Image.open(image.open() if isinstance(image, EmbeddedImage) else image)
     except Image.DecompressionBombError as err:
@@ -182,6 +189,8 @@ class Split:
     samples: list
     class_order: list | None  # the order the format gives classes (COCO ids, YOLO names); None: first appearance
     declared: list | None = None  # every class the file declares, used or not (COCO categories)
+    orphans: list = field(default_factory=list)  # annotation files (labels, masks) whose image is not there
+    unlabelled: int = 0  # images without an annotation file of their own (read as background)
 
 
 def parse_box(values, record):
@@ -197,12 +206,45 @@ def parse_box(values, record):
 
 
 def images_in(folder):
-    """The image files under folder, recursively, sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under folder, recursively, sorted. Entries with an image's name that are not regular files
+    (a FIFO, socket or device, which would block or never end, or a dangling link) are skipped with a counted
+    warning naming them."""
+    named = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    others = [p for p in named if not is_regular(p) and not p.is_dir()]
+    if others:
+        log.warning("%s: skipped %d entr%s named like images that %s not regular files (FIFO, socket, device or "
+                    "dangling link): %s", folder, len(others), "y" if len(others) == 1 else "ies",
+                    "is" if len(others) == 1 else "are", ", ".join(str(p) for p in others[:5]) +
+                    (" ..." if len(others) > 5 else ""))
+    return [p for p in named if is_regular(p)]
+
+
+def is_regular(path):
+    """A regular file, or a link to one: what can be read without blocking."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def first_appearance(samples):
     return list(dict.fromkeys(c for s in samples for c in s.classes))
+
+
+def class_index(text, names, record):
+    """The name of the class numbered text in names ({index: name}), as YOLO labels number classes: `3` or `3.0`
+    (as Ultralytics reads it), never a name, so numeric names (`names: [5, 7]`) are never taken for indices."""
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not number.is_integer() or number < 0:
+        raise DataError(f"{record}: class '{text}' is not a class index (YOLO labels number their classes 0, 1, ...).")
+    if int(number) not in names:
+        known = ", ".join(f"{i}: {n}" for i, n in names.items())
+        raise DataError(f"{record}: class index {int(number)} is not in names ({known}). "
+                        f"Fix the label or add the class to names.")
+    return names[int(number)]
 
 
 def class_name(value, names, record):

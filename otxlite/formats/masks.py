@@ -5,6 +5,8 @@ name every instance is that class; with several, an instance's class is names[va
 instance ids: class * 1000 + instance). An image without a mask file has no instances.
 """
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -21,10 +23,13 @@ def load_masks(spec):
     if not spec.names:
         raise DataError(f"{spec.ann_files}: mask PNGs hold instance numbers, not classes; give the class name as "
                         f"'names: [pedestrian]' in data.yaml (one name: every instance is that class).")
-    samples = [read_mask_file(image, mask_path(spec.ann_files, image.stem), spec.names)
-               for image in images_in(spec.data_roots) if not image.is_relative_to(spec.ann_files)]
+    images = [image for image in images_in(spec.data_roots) if not image.is_relative_to(spec.ann_files)]
+    masks = [mask_path(spec.ann_files, image.stem) for image in images]
+    samples = [read_mask_file(image, mask, spec.names) for image, mask in zip(images, masks)]
     used = {c for s in samples for c in s.classes}
-    return Split(spec.name, samples, [n for n in spec.names.values() if n in used])
+    orphans = sorted(set(Path(spec.ann_files).rglob("*.png")) | set(Path(spec.ann_files).rglob("*.PNG")) - set(masks))
+    return Split(spec.name, samples, [n for n in spec.names.values() if n in used], orphans=orphans,
+                 unlabelled=sum(mask is None for mask in masks))
 
 
 def mask_path(folder, stem):

@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+MAX_REACH = 4  # a polygon coordinate may lie this many image sizes from the origin; further is another unit
+
 
 @dataclass
 class Polygons:
@@ -24,9 +26,17 @@ class Polygons:
 
     def problem(self, width, height):
         """(kind, why) the outline cannot be an instance mask, or None; kind "bad shape" or "mask size"."""
-        if any(len(part) < 6 for part in self.parts):
+        if any(len(part) < 6 or len(part) % 2 for part in self.parts):
             return "bad shape", "has fewer than 3 points"
-        points = np.concatenate([np.reshape(part, (-1, 2)) for part in self.parts])
+        points = np.concatenate([np.reshape(np.asarray(part, np.float64), (-1, 2)) for part in self.parts])
+        if not np.isfinite(points).all():
+            return "bad shape", "holds NaN or infinity"
+        reach = np.abs(points).max(axis=0) / (width, height)
+        if reach.max() > MAX_REACH:  # pycocotools would rasterise it over a canvas that size
+            return "bad shape", (f"reaches {reach.max():.3g} times the {width}x{height} image's size (written in "
+                                 f"other units?)")
+        if any(len(np.unique(np.reshape(part, (-1, 2)), axis=0)) < 3 for part in self.parts):
+            return "bad shape", "has fewer than 3 distinct points"
         if (points[:, 0].max() <= 0 or points[:, 1].max() <= 0 or points[:, 0].min() >= width
                 or points[:, 1].min() >= height):
             return "bad shape", f"lies wholly outside the {width}x{height} image"

@@ -2,10 +2,11 @@
 `class x1 y1 x2 y2 ...` polygons (a line may join several parts); names from data.yaml."""
 
 import logging
+import math
 from pathlib import Path
 
 from otxlite.files import read_text
-from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_name, images_in, parse_box
+from otxlite.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, class_index, images_in, parse_box
 from otxlite.formats.shapes import Polygons
 
 log = logging.getLogger("otxlite")
@@ -19,16 +20,19 @@ def load_yolo(spec):
                         f"as 'names: [...]' in data.yaml.")
     if spec.data_roots:
         images = list_images(spec.data_roots)
-        samples = [read_label_file(image, spec.ann_files / image.relative_to(spec.data_roots).with_suffix(".txt"),
-                                   spec.names) for image in images]
+        labels = [spec.ann_files / image.relative_to(spec.data_roots).with_suffix(".txt") for image in images]
     else:
         images = list_images(spec.ann_files)
-        samples = [read_label_file(image, ultralytics_label_path(image), spec.names) for image in images]
+        labels = [ultralytics_label_path(image) for image in images]
+    samples = [read_label_file(image, label, spec.names) for image, label in zip(images, labels)]
     used = {c for s in samples for c in s.classes}
     unused = [n for n in spec.names.values() if n not in used]
     if unused and used:
         log.info("%s split: names without boxes are left out: %s", spec.name, ", ".join(unused))
-    return Split(spec.name, samples, [n for n in spec.names.values() if n in used])
+    folders = {label.parent for label in labels}
+    orphans = sorted({path for folder in folders if folder.is_dir() for path in folder.glob("*.txt")} - set(labels))
+    return Split(spec.name, samples, [n for n in spec.names.values() if n in used], orphans=orphans,
+                 unlabelled=sum(not label.exists() for label in labels))
 
 
 def list_images(source):
@@ -57,16 +61,19 @@ def ultralytics_label_path(image):
 def read_label_file(image, path, names):
     """A sample with boxes as fractions of the image size; no label file means a background image."""
     sample = Sample(image, str(path), relative=True)
-    if not path.is_file():
-        return sample
-    lines = read_text(path).splitlines()
-    for number, line in enumerate(lines, 1):
-        values = line.split()
-        if not values:
-            continue
+    if not path.exists() or path.is_dir():
+        return sample  # read_text refuses a FIFO, socket or device, which would block
+    lines = [(number, line.split()) for number, line in enumerate(read_text(path).splitlines(), 1) if line.split()]
+    segmentation = any(len(values) >= 7 for _, values in lines)  # then a 5-value line is a polygon of 2 points
+    for number, values in lines:
         record = f"{path} (line {number})"
+        line = " ".join(values)
         shape = None
-        if len(values) == 5:
+        if len(values) == 5 and segmentation:
+            points = parse_numbers(values[1:], record)
+            box = parse_box([min(points[::2]), min(points[1::2]), max(points[::2]), max(points[1::2])], record)
+            shape = Polygons([points])  # data check reports it, training drops its instance (fewer than 3 points)
+        elif len(values) == 5:
             cx, cy, w, h = parse_box(values[1:], record)
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
         elif len(values) >= 7 and len(values) % 2:  # a segmentation polygon: its bounding box, as Ultralytics does
@@ -78,12 +85,18 @@ def read_label_file(image, path, names):
         if max(abs(v) for v in box) > 1.5:
             raise DataError(f"{record}: coordinates {values[1:]} are not fractions of the image size (0-1), "
                             f"as YOLO labels must be.")
-        sample.add(box, class_name(values[0], names, record), record, shape=shape)
+        sample.add(box, class_index(values[0], names, record), record, shape=shape)
     return sample
 
 
 def parse_numbers(values, record):
+    """A polygon's coordinates as floats, or a DataError naming the record: NaN and infinity are not
+    coordinates (pycocotools would rasterise them without a check)."""
     try:
-        return [float(v) for v in values]
+        numbers = [float(v) for v in values]
     except ValueError:
         raise DataError(f"{record}: polygon {values} holds something that is not a number.") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise DataError(f"{record}: polygon {' '.join(values)} holds NaN or infinity; give finite fractions of the "
+                        f"image size (0-1).")
+    return numbers
