@@ -1,6 +1,7 @@
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -115,6 +116,21 @@ def otxlite(monkeypatch, capsys):
             logger.handlers = handlers
         captured = capsys.readouterr()
         return status, captured.out, captured.err
+    return run
+
+
+@pytest.fixture
+def otxlite_subprocess():
+    """Run the otxlite command in its own process, as a user does: (exit status, stdout, stderr). A process
+    killed by a signal (a native crash) gives the negative signal number; one still running after timeout
+    seconds is killed and gives None."""
+    def run(*args, timeout=300):
+        try:
+            result = subprocess.run([sys.executable, "-m", "otxlite", *map(str, args)], capture_output=True,
+                                    text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None, "", f"still running after {timeout} s"
+        return result.returncode, result.stdout, result.stderr
     return run
 
 

@@ -493,11 +493,13 @@ def corpus_model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", list(CORPUS))
-def test_bad_input_gets_one_clear_error_naming_it(case, voc_copy, otxlite, corpus_model):
+def test_bad_input_gets_one_clear_error_naming_it(case, voc_copy, otxlite_subprocess, corpus_model):
+    """Each case runs in its own process: a native crash (a signal) or a hang fails it, as it would hurt a user."""
     root = voc_copy.parent
     (root / "in").mkdir()
     args, fragments = CORPUS[case](root, corpus_model)
-    status, out, err = otxlite(*args)
+    status, out, err = otxlite_subprocess(*args)
+    assert status is not None and status >= 0, err
     if case in WARNED:
         assert status == 0, out + err
     else:  # 2: a user error; 1: `data check` found data that training would fail on
