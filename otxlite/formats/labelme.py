@@ -32,7 +32,8 @@ def read_labelme_file(path, data_roots):
     instances = {}
     for index, shape in enumerate(data["shapes"]):
         record = f"{path} (shapes[{index}])"
-        if not isinstance(shape, dict) or not isinstance(shape.get("label"), (str, int)) or not shape.get("points"):
+        label, points = (shape.get("label"), shape.get("points")) if isinstance(shape, dict) else (None, None)
+        if not isinstance(label, (str, int)) or isinstance(label, bool) or not isinstance(points, list) or not points:
             raise DataError(f"{record}: a shape needs a 'label' and 'points'.")
         points = [parse_point(p, record) for p in shape["points"]]
         kind = shape.get("shape_type") or "polygon"
