@@ -155,7 +155,8 @@ def test_auto_configuration_picks_the_task_from_the_annotations_and_the_model_fr
 
 
 def test_train_without_a_template_says_which_it_chose_and_why(tmp_path, otxlite):
-    data = large_object_data(tmp_path)
+    (tmp_path / "data").mkdir()
+    data = large_object_data(tmp_path / "data")  # the images folder is data/: the run goes beside it
     status, _, err = otxlite("train", "--data", data, "--no-pretrained", "--output", tmp_path / "run",
                              "params", "--learning_parameters.num_iters", "1", "--learning_parameters.batch_size", "2")
     assert status == 0, err
@@ -175,12 +176,13 @@ def test_find_with_data_ranks_the_auto_choice_first(otxlite):
 
 
 def test_train_with_no_objects_at_all_is_an_error_naming_the_file(tmp_path, otxlite):
-    image = tmp_path / "a.jpg"
-    Image.new("RGB", (64, 48)).save(image)
-    write_coco(tmp_path / "train.json", [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.new("RGB", (64, 48)).save(folder / "a.jpg")
+    write_coco(folder / "train.json", [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
                [{"id": 1, "name": "part"}], [])
-    (tmp_path / "data.yaml").write_text("data:\n  train: {ann-files: train.json, data-roots: .}\n")
-    status, _, err = otxlite("train", "--data", tmp_path / "data.yaml", "--output", tmp_path / "run")
+    (folder / "data.yaml").write_text("data:\n  train: {ann-files: train.json, data-roots: .}\n")
+    status, _, err = otxlite("train", "--data", folder / "data.yaml", "--output", tmp_path / "run")
     assert status == 2 and "train.json: the train split has no objects" in err
 
 
