@@ -14,6 +14,18 @@ from otxlite.data import split_specs
 from otxlite.templates import resolve_template
 from otxlite.train import train
 
+# Child processes start with posix_spawn (glibc's vfork-clone, which runs no at-fork handlers) wherever subprocess
+# allows it (close_fds=False and no cwd): on CI, forking this process once OpenVINO, NNCF and Ray had run in it
+# killed it with SIGSEGV. Python makes its own descriptors non-inheritable, so close_fds=False leaks none.
+_popen_init = subprocess.Popen.__init__
+
+
+def _spawning_popen_init(self, *args, close_fds=False, **kwargs):
+    _popen_init(self, *args, close_fds=close_fds, **kwargs)
+
+
+subprocess.Popen.__init__ = _spawning_popen_init
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "bccd-mini"
 
@@ -119,6 +131,13 @@ def otxlite(monkeypatch, capsys):
     return run
 
 
+def spawn(args, timeout, env=None):
+    """subprocess.run of args, started with posix_spawn (close_fds=False, no cwd): no fork of this process, whose
+    libraries' at-fork handlers crashed it on CI once OpenVINO, NNCF and Ray had run in it."""
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, close_fds=False,
+                          env=env)
+
+
 @pytest.fixture
 def otxlite_subprocess():
     """Run the otxlite command in its own process, as a user does: (exit status, stdout, stderr). A process
@@ -126,8 +145,7 @@ def otxlite_subprocess():
     seconds is killed and gives None."""
     def run(*args, timeout=300):
         try:
-            result = subprocess.run([sys.executable, "-m", "otxlite", *map(str, args)], capture_output=True,
-                                    text=True, timeout=timeout)
+            result = spawn([sys.executable, "-m", "otxlite", *args], timeout)
         except subprocess.TimeoutExpired:
             return None, "", f"still running after {timeout} s"
         return result.returncode, result.stdout, result.stderr

@@ -6,14 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import spawn
+
 FUZZERS = Path(__file__).with_name("fuzz_readers.py")
 
 
 def test_no_reader_crashes_hangs_or_raises_anything_but_otxlite_errors():
     try:
-        result = subprocess.run([sys.executable, "-m", "pytest", str(FUZZERS), "-q", "-p", "no:cacheprovider",
-                                 "-p", "no:randomly"], capture_output=True, text=True, timeout=1200,
-                                cwd=FUZZERS.parent.parent)
+        result = spawn([sys.executable, "-m", "pytest", FUZZERS, "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                        "--rootdir", FUZZERS.parent.parent], timeout=1200)
     except subprocess.TimeoutExpired as err:
         raise AssertionError(f"the fuzzers hung for {err.timeout} s: {(err.stdout or b'')[-3000:]!r}") from None
     output = result.stdout[-6000:] + result.stderr[-3000:]

@@ -5,14 +5,13 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import SAMPLE, copy_voc, sample_ids
+from conftest import SAMPLE, copy_voc, sample_ids, spawn
 
 
 def digest(folder):
@@ -95,8 +94,7 @@ def test_no_command_writes_over_its_inputs(case, model_folder, dataset, otxlite)
 
 def run_otxlite(*args, timeout=180):
     """otxlite in its own process, as a user runs it: (exit status, stdout, stderr); a signal is a negative status."""
-    result = subprocess.run([sys.executable, "-m", "otxlite", *map(str, args)], capture_output=True, text=True,
-                            timeout=timeout)
+    result = spawn([sys.executable, "-m", "otxlite", *args], timeout)
     return result.returncode, result.stdout, result.stderr
 
 
