@@ -188,23 +188,23 @@ def test_a_fifo_label_file_is_an_error_not_a_hang(tmp_path):
 # ---------------------------------------------------------------- every skip reported the same way
 
 
-def test_predict_skips_are_counted_warnings_naming_the_file(tmp_path, exported, otxlite):
+def test_predict_skips_are_counted_warnings_naming_the_file(tmp_path, exported, otxlite_subprocess):
     _, export, _ = exported
     (tmp_path / "in").mkdir()
     shutil.copy(next(SAMPLE.glob("JPEGImages/*.jpg")), tmp_path / "in" / "good.jpg")
     (tmp_path / "in" / "broken.jpg").write_bytes(b"not an image")
-    status, _, err = otxlite("predict", "--load-weights", export / "openvino.xml", "--input", tmp_path / "in",
-                             "--output", tmp_path / "out" / "p.json")
+    status, _, err = otxlite_subprocess("predict", "--load-weights", export / "openvino.xml", "--input",
+                                        tmp_path / "in", "--output", tmp_path / "out" / "p.json")
     assert status == 0, err
     warnings = [line for line in err.splitlines() if "broken.jpg" in line or "Skipped" in line]
     assert len(warnings) == 2 and all(line.startswith("warning: ") for line in warnings), err
 
 
-def test_a_missing_ir_weights_file_is_named(exported, tmp_path, otxlite):
+def test_a_missing_ir_weights_file_is_named(exported, tmp_path, otxlite_subprocess):
     _, export, data = exported
     for name in ("openvino.xml", "label_schema.json"):
         shutil.copy(export / name, tmp_path)
-    status, _, err = otxlite("eval", "--load-weights", tmp_path / "openvino.xml", "--data", data)
+    status, _, err = otxlite_subprocess("eval", "--load-weights", tmp_path / "openvino.xml", "--data", data)
     assert status == 2 and f"its weights file {tmp_path / 'openvino.bin'} is missing" in err, err
 
 
@@ -234,11 +234,11 @@ def images_without_objects(folder, count=2):
     return folder / "empty.json"
 
 
-def test_eval_on_a_test_split_without_objects_is_an_error(exported, tmp_path, otxlite):
+def test_eval_on_a_test_split_without_objects_is_an_error(exported, tmp_path, otxlite_subprocess):
     weights, _, _ = exported
     annotations = images_without_objects(tmp_path / "empty")
-    status, _, err = otxlite("eval", "--load-weights", weights, "--test-ann-files", annotations,
-                             "--test-data-roots", tmp_path / "empty")
+    status, _, err = otxlite_subprocess("eval", "--load-weights", weights, "--test-ann-files", annotations,
+                                        "--test-data-roots", tmp_path / "empty")
     assert status == 2 and "the test split holds no objects" in err and "empty.json" in err, err
 
 
