@@ -13,7 +13,6 @@ import numpy as np
 import pydantic
 import torch
 import yaml
-from pycocotools import mask as coco_mask
 from PIL import UnidentifiedImageError
 from torchvision import tv_tensors
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -23,7 +22,7 @@ from otxlite.augment import to_model_scale
 from otxlite.files import label_names, read_text, read_yaml, write_atomic
 from otxlite.formats import FORMATS, DataError, Sample, SplitSpec, read_split
 from otxlite.tasks import TASKS
-from otxlite.formats.shapes import instance_masks
+from otxlite.formats.shapes import Polygons, instance_masks
 from otxlite.formats.base import decode_image, decode_reporting_truncation, ends_early, first_appearance, open_image, oriented_size
 
 __all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",
@@ -368,10 +367,11 @@ def shape_problem(shape, record, ignored, sample):
 def box_disagrees(shape, box, record, sample):
     """A warning Problem when a box and its instance's shape (checked) overlap with IoU under MIN_SHAPE_IOU: one of
     them is on another object, or in other units; None when they agree (or there is no shape)."""
-    if shape is None:
+    if not isinstance(shape, Polygons):  # polygons only: their box needs no rasterising (no native code)
         return None
-    x, y, w, h = (float(v) for v in coco_mask.toBbox(shape.rle(sample.width, sample.height)))
-    around = [x, y, x + w, y + h]
+    points = np.concatenate([np.reshape(np.asarray(part, np.float64), (-1, 2)) for part in shape.parts])
+    around = [float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()), float(points[:, 1].max())]
+    w, h = around[2] - around[0], around[3] - around[1]
     overlap = max(0.0, min(box[2], around[2]) - max(box[0], around[0])) * \
         max(0.0, min(box[3], around[3]) - max(box[1], around[1]))
     union = (box[2] - box[0]) * (box[3] - box[1]) + w * h - overlap
