@@ -21,6 +21,7 @@ from otxlite.files import read_json, refuse_overwriting
 __all__ = ["Engine", "Run", "Evaluation", "Detections", "Model", "load", "find", "OtxliteError", "DataError",
            "ModelFileError", "TemplateError", "ArgumentError"]
 log = logging.getLogger("otxlite")
+STAGE_FILES = ("label_schema.json", "config.json", "performance.json")  # what a stage writes beside its model
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,6 @@ class Detections:
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
-    names: list
     schema: dict = field(repr=False)
     image_size: tuple  # (height, width)
     source: Path | None = None  # the image file, when predicted from one
@@ -79,6 +79,12 @@ class Detections:
 
     def __len__(self):
         return len(self.scores)
+
+    @property
+    def names(self):
+        """The class name of each detection."""
+        names = {label["id"]: label["name"] for label in self.schema["labels"]}
+        return [names[int(label)] for label in self.labels]
 
     @property
     def masks(self):
@@ -200,9 +206,7 @@ class Model:
 
     def detections(self, found, image_size, threshold, source=None, image=None):
         keep = np.flatnonzero(found["scores"] > threshold)
-        names = {label["id"]: label["name"] for label in self.schema["labels"]}
-        labels = found["labels"][keep].astype(np.int64)
-        return Detections(found["boxes"][keep], found["scores"][keep], labels, [names[int(i)] for i in labels],
+        return Detections(found["boxes"][keep], found["scores"][keep], found["labels"][keep].astype(np.int64),
                           self.schema, tuple(image_size), source and Path(source), image,
                           [found["rles"][i] for i in keep] if "rles" in found else None)
 
@@ -384,8 +388,10 @@ class Engine:
         demo/ beside the model)."""
         from otxlite.demo import demo
 
-        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), "the input": source})
-        return demo(self._model(model), source, output, threshold, self.device)
+        model = self._model(model)
+        output = Path(output) if output else model.parent / "demo"
+        refuse_overwriting({"--output": output}, {**model_inputs(model), "the input": source})
+        return demo(model, source, output, threshold, self.device)
 
     def deploy(self, model=None, output=None):
         """A zip of the openvino.xml with a runner that needs only openvino, numpy and pillow; returns its path
@@ -416,13 +422,12 @@ def model_inputs(model):
         return {}
     model = Path(model)
     beside = [model.with_suffix(".bin")] if model.suffix == ".xml" else []
-    beside += [model.parent / name for name in ("label_schema.json", "config.json", "performance.json")]
+    beside += [model.parent / name for name in STAGE_FILES]
     return {"the model": model, **{f"the model's {path.name}": path for path in beside if path.exists()}}
 
 
 def metadata_files(folder):
-    return {name: folder / name for name in ("label_schema.json", "config.json", "performance.json")
-            if (folder / name).is_file()}
+    return {name: folder / name for name in STAGE_FILES if (folder / name).is_file()}
 
 
 def train_run(folder, weights):

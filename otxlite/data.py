@@ -369,8 +369,7 @@ def box_disagrees(shape, box, record, sample):
     them is on another object, or in other units; None when they agree (or there is no shape)."""
     if not isinstance(shape, Polygons):  # polygons only: their box needs no rasterising (no native code)
         return None
-    points = np.concatenate([np.reshape(np.asarray(part, np.float64), (-1, 2)) for part in shape.parts])
-    around = [float(points[:, 0].min()), float(points[:, 1].min()), float(points[:, 0].max()), float(points[:, 1].max())]
+    around = [float(v) for v in shape.box()]
     w, h = around[2] - around[0], around[3] - around[1]
     overlap = max(0.0, min(box[2], around[2]) - max(box[0], around[0])) * \
         max(0.0, min(box[3], around[3]) - max(box[1], around[1]))

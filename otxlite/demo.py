@@ -19,33 +19,25 @@ log = logging.getLogger("otxlite")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-def demo(model_path, input_path, output=None, threshold=None, device="auto"):
+def demo(model_path, input_path, output, threshold=None, device="auto"):
     """Annotated copies of the image, the folder's images or the video at input_path; returns the output folder.
 
     Boxes scoring above threshold (default: the model's) are drawn in the label colours with name and score.
-    output defaults to a demo/ folder beside the model file; it may never be the input's own folder.
+    The caller (the API's Engine.demo) has checked that output is none of the inputs and lies in none of them.
     """
     input_path = Path(input_path)
-    output = Path(output) if output else Path(model_path).parent / "demo"
+    output = Path(output)
     predictor = load_predictor(model_path, device)
     threshold = predictor.confidence_threshold if threshold is None else threshold
     if input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES:
-        refuse_input_folder(output, input_path.parent)
         demo_video(predictor, input_path, output / f"{input_path.stem}.mp4", threshold)
         return output
     files, root = image_files(input_path)
-    refuse_input_folder(output, root)
     for _, path, image, detections in detect_images(predictor, files, batch_size=1):
         target = output / path.relative_to(root)
         save_image(draw_detections(Image.fromarray(image), detections, predictor.schema, threshold), target)
         log.info("%s: %s -> %s", path, summary(detections, threshold, predictor.schema), target)
     return output
-
-
-def refuse_input_folder(output, input_folder):
-    if output.resolve() == input_folder.resolve():
-        raise OtxliteError(f"--output {output} is the input's own folder: demo never writes over its input. "
-                           f"Choose another folder.")
 
 
 def summary(detections, threshold, schema):

@@ -41,7 +41,7 @@ def read_json(path):
 
 def read_text(path):
     """A UTF-8 text file (a byte-order mark is accepted); anything else is one error naming the file."""
-    if Path(path).exists() and not stat.S_ISREG(os.stat(path).st_mode) and not Path(path).is_dir():
+    if Path(path).exists() and not Path(path).is_dir() and not is_regular(path):
         raise OtxliteError(f"{path}: not a regular file (a FIFO, socket or device); give a text file.")
     try:
         return Path(path).read_text(encoding="utf-8-sig")
@@ -52,6 +52,14 @@ def read_text(path):
                            f"Save the file as UTF-8.") from None
     except OSError as err:
         raise OtxliteError(f"{path}: cannot read the file ({err.strerror or err}).") from None
+
+
+def is_regular(path):
+    """A regular file, or a link to one: what can be read without blocking (not a FIFO, socket or device)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def write_atomic(path, write):

@@ -14,7 +14,7 @@ from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import KEY_PREFIX, coco_map, evaluate, headline_figures
 from otxlite.export import export, export_model, save_openvino
 from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
-from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images
+from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images, signal_stack_kept
 from otxlite.qat import WEIGHTS_INT8, quantization_aware_training
 from otxlite.quantization import (OUTSIDE_QUANTIZED_MODULES_IN_EXPORT, QUANTIZED_MODULES, checked_subset_size,
                                   import_nncf)
@@ -79,13 +79,15 @@ def quantize_ir(model_path, specs, output, subset_size, preset, max_accuracy_dro
     log.info("Quantizing %s to INT8: %d calibration images from %s, preset %s", model_path, subset_size,
              specs["train"].ann_files, preset)
     if max_accuracy_drop is None:
-        quantized = nncf.quantize(model, calibration, **settings)
+        with signal_stack_kept():  # NNCF compiles the model with OpenVINO
+            quantized = nncf.quantize(model, calibration, **settings)
     else:
         val = load_split(specs["val"], known_classes=label_names(fp32.schema))
         validation = nncf.Dataset(list(zip(decoded_images(val.samples, fp32.schema), val.samples)))
         validate = validation_map(fp32.schema)
-        quantized = nncf.quantize_with_accuracy_control(
-            model, calibration, validation, validate, max_drop=max_accuracy_drop, **settings)
+        with signal_stack_kept():
+            quantized = nncf.quantize_with_accuracy_control(
+                model, calibration, validation, validate, max_drop=max_accuracy_drop, **settings)
         whole_split = [value for count, value in validate.history if count == len(val.samples)]
         log.info("Accuracy control on val: %smAP@0.5 FP32 %.3f, INT8 %.3f (drop bound %g, %d validations)",
                  task_of(fp32.schema).unit, whole_split[0], whole_split[-1], max_accuracy_drop, len(whole_split))

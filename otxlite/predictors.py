@@ -1,9 +1,12 @@
 """One predictor interface over every model file: RGB images in, detections (and instance masks) in image
 pixels out."""
 
+import ctypes
 import json
 import statistics
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -132,8 +135,9 @@ class OpenVinoPredictor(ExportedPredictor):
         hints = {"INFERENCE_PRECISION_HINT": inference_precision} if inference_precision else {}
         if throughput:
             hints["PERFORMANCE_HINT"] = "THROUGHPUT"
-        self.compiled = core.compile_model(model, "CPU", hints)
-        self.requests = openvino.AsyncInferQueue(self.compiled) if throughput else None
+        with signal_stack_kept():
+            self.compiled = core.compile_model(model, "CPU", hints)
+            self.requests = openvino.AsyncInferQueue(self.compiled) if throughput else None
 
     def run(self, image):
         result = self.compiled([image])
@@ -149,10 +153,42 @@ class OpenVinoPredictor(ExportedPredictor):
                                              images[index].shape[:2])
 
         self.requests.set_callback(collect)
-        for index, image in enumerate(images):
-            self.requests.start_async([exported_input(image)], index)
-        self.requests.wait_all()
+        try:
+            for index, image in enumerate(images):
+                self.requests.start_async([exported_input(image)], index)
+            self.requests.wait_all()
+        finally:  # the queue holds its callback where Python's garbage collector cannot see it: a callback that
+            self.requests.set_callback(ignore_request)  # refers to this predictor would keep it alive forever
         return results
+
+
+def ignore_request(request, userdata):
+    """The callback of an idle request queue."""
+
+
+class SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]  # Linux
+
+
+@contextmanager
+def signal_stack_kept():
+    """Give this thread back its alternate signal stack after OpenVINO has compiled a model.
+
+    OpenVINO's CPU plugin (2026.4) gives the compiling thread a signal stack of its own and, when the compiled
+    model goes, puts back the one it found. When two compiled models go in another order than they came, the
+    thread is left on a stack that was already unmapped, and the next signal it handles (Ctrl-C, a child process
+    ending) kills the process with SIGSEGV. Once the thread's own stack is back, no model's stack is in use, so
+    none is ever put back.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc, own = ctypes.CDLL(None, use_errno=True), SignalStack()
+    libc.sigaltstack(None, ctypes.byref(own))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(own), None)
 
 
 def cause(err):

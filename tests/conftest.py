@@ -11,20 +11,9 @@ from click.testing import CliRunner
 
 from otxlite.cli import cli, main
 from otxlite.data import split_specs
+from otxlite.predictors import signal_stack_kept
 from otxlite.templates import resolve_template
 from otxlite.train import train
-
-# Child processes start with posix_spawn (glibc's vfork-clone, which runs no at-fork handlers) wherever subprocess
-# allows it (close_fds=False and no cwd): on CI, forking this process once OpenVINO, NNCF and Ray had run in it
-# killed it with SIGSEGV. Python makes its own descriptors non-inheritable, so close_fds=False leaks none.
-_popen_init = subprocess.Popen.__init__
-
-
-def _spawning_popen_init(self, *args, close_fds=False, **kwargs):
-    _popen_init(self, *args, close_fds=close_fds, **kwargs)
-
-
-subprocess.Popen.__init__ = _spawning_popen_init
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "bccd-mini"
@@ -132,10 +121,8 @@ def otxlite(monkeypatch, capsys):
 
 
 def spawn(args, timeout, env=None):
-    """subprocess.run of args, started with posix_spawn (close_fds=False, no cwd): no fork of this process, whose
-    libraries' at-fork handlers crashed it on CI once OpenVINO, NNCF and Ray had run in it."""
-    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, close_fds=False,
-                          env=env)
+    """subprocess.run of args (paths welcome), capturing text output."""
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture
@@ -178,7 +165,8 @@ def int8_layers(xml_path):
     plugin runs in int8: what quantization buys, whatever names the IR's nodes kept through fusions."""
     import openvino as ov
 
-    runtime = ov.Core().compile_model(str(xml_path), "CPU").get_runtime_model()
+    with signal_stack_kept():
+        runtime = ov.Core().compile_model(str(xml_path), "CPU").get_runtime_model()
     layers = set()
     for op in runtime.get_ops():
         info = op.get_rt_info()

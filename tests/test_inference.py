@@ -1,12 +1,14 @@
 """`otxlite predict`, `demo` and `deploy` on models fitted to BCCD images, on every backend."""
 
 import contextlib
+import gc
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import weakref
 import zipfile
 
 import cv2
@@ -17,12 +19,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from otxlite import OtxliteError
+from otxlite.api import Engine
 from otxlite.data import split_specs
 from otxlite.deploy import deploy
 from otxlite.demo import demo
 from otxlite.evaluate import evaluate
 from otxlite.inference import predict_files
 from otxlite.predictors import load_predictor
+
+from conftest import spawn
 
 MODEL_FILES = ("run/weights.pth", "export/model.onnx", "export/openvino.xml")
 FASTER_RCNN = pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
@@ -115,7 +120,7 @@ def test_predict_and_demo_errors_name_the_input(exported, tmp_path):
 def test_demo_draws_boxes_in_label_colours_and_never_over_its_input(exported, name, tmp_path):
     path = model_file(exported, name)
     folder = images_of(exported[2])
-    output = demo(path, folder)
+    output = Engine().demo(folder, model=path)
     assert output == path.parent / "demo"
     predictor = load_predictor(path)
     colours = {tuple(int(label["color"][i:i + 2], 16) for i in (1, 3, 5)) for label in predictor.schema["labels"]}
@@ -128,7 +133,7 @@ def test_demo_draws_boxes_in_label_colours_and_never_over_its_input(exported, na
         near_a_label_colour = [np.abs(drawn[changed] - c).sum(axis=1) < 60 for c in colours]
         assert np.any(near_a_label_colour, axis=0).mean() > 0.2  # the rest: caption text and its anti-aliasing
     with pytest.raises(OtxliteError, match="never writes over its input"):
-        demo(path, folder, output=folder)
+        Engine().demo(folder, model=path, output=folder)
 
 
 @FASTER_RCNN
@@ -191,3 +196,37 @@ def test_deploy_needs_an_exported_ir_with_its_files(exported, tmp_path):
     with pytest.raises(OtxliteError, match="config.json: missing beside openvino.xml"):
         deploy(copy / "openvino.xml", tmp_path / "p.zip")
     assert not (tmp_path / "p.zip").exists()
+
+
+RELEASE_OUT_OF_ORDER_THEN_CTRL_C = """
+import gc, os, signal, sys
+import numpy as np
+from otxlite.predictors import load_predictor
+image = np.zeros((48, 64, 3), np.uint8)
+first, second = load_predictor(sys.argv[1]), load_predictor(sys.argv[1])
+first([image]), second([image])
+del first; gc.collect()
+del second; gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+"""
+
+
+def test_ctrl_c_after_two_openvino_models_is_a_keyboard_interrupt_not_a_crash(exported):
+    """OpenVINO's CPU plugin left the thread on an unmapped signal stack when models went in another order than
+    they came: the next signal (Ctrl-C, a child process ending) was a SIGSEGV."""
+    result = spawn([sys.executable, "-c", RELEASE_OUT_OF_ORDER_THEN_CTRL_C, exported[1] / "openvino.xml"], 300)
+    assert (result.returncode, result.stdout.strip()) == (0, "KeyboardInterrupt"), result.stderr
+
+
+def test_a_throughput_predictor_is_freed_once_dropped(exported):
+    """Its request queue's callback referred to it, where the garbage collector could not see: every evaluation
+    kept a compiled model in memory for good."""
+    predictor = load_predictor(exported[1] / "openvino.xml", throughput=True)
+    assert len(predictor([np.zeros((48, 64, 3), np.uint8)] * 3)) == 3
+    dropped = weakref.ref(predictor)
+    del predictor
+    gc.collect()
+    assert dropped() is None

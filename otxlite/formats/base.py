@@ -3,8 +3,6 @@
 import io
 import logging
 import math
-import os
-import stat
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
@@ -14,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from otxlite import DataError, OtxliteError
+from otxlite.files import is_regular
 
 log = logging.getLogger("otxlite")
 
@@ -217,14 +216,6 @@ def images_in(folder):
                     "is" if len(others) == 1 else "are", ", ".join(str(p) for p in others[:5]) +
                     (" ..." if len(others) > 5 else ""))
     return [p for p in named if is_regular(p)]
-
-
-def is_regular(path):
-    """A regular file, or a link to one: what can be read without blocking."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def first_appearance(samples):

@@ -53,9 +53,8 @@ def read_labelme_file(path, data_roots):
                             f"otxlite reads polygon, rectangle and circle shapes. Delete it or redraw it.")
         instances.setdefault(key, (str(shape["label"]), record, []))[2].append(part)
     for name, record, parts in instances.values():
-        xs = [v for part in parts for v in part[::2]]
-        ys = [v for part in parts for v in part[1::2]]
-        sample.add([min(xs), min(ys), max(xs), max(ys)], name, record, shape=Polygons(parts))
+        polygons = Polygons(parts)
+        sample.add(polygons.box(), name, record, shape=polygons)
     return sample
 
 

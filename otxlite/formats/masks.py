@@ -27,7 +27,8 @@ def load_masks(spec):
     masks = [mask_path(spec.ann_files, image.stem) for image in images]
     samples = [read_mask_file(image, mask, spec.names) for image, mask in zip(images, masks)]
     used = {c for s in samples for c in s.classes}
-    orphans = sorted(set(Path(spec.ann_files).rglob("*.png")) | set(Path(spec.ann_files).rglob("*.PNG")) - set(masks))
+    pngs = [path for path in Path(spec.ann_files).rglob("*") if path.suffix.lower() == ".png"]
+    orphans = sorted(set(pngs) - set(masks))
     return Split(spec.name, samples, [n for n in spec.names.values() if n in used], orphans=orphans,
                  unlabelled=sum(mask is None for mask in masks))
 

@@ -24,6 +24,12 @@ class Polygons:
     def rle(self, width, height):
         return coco_mask.merge(coco_mask.frPyObjects([list(map(float, p)) for p in self.parts], height, width))
 
+    def box(self):
+        """[x1, y1, x2, y2] around every part's points, as Ultralytics and Labelme boxes are."""
+        xs = [v for part in self.parts for v in part[::2]]
+        ys = [v for part in self.parts for v in part[1::2]]
+        return [min(xs), min(ys), max(xs), max(ys)]
+
     def problem(self, width, height):
         """(kind, why) the outline cannot be an instance mask, or None; kind "bad shape" or "mask size"."""
         if any(len(part) < 6 or len(part) % 2 for part in self.parts):

@@ -70,16 +70,14 @@ def read_label_file(image, path, names):
         line = " ".join(values)
         shape = None
         if len(values) == 5 and segmentation:
-            points = parse_numbers(values[1:], record)
-            box = parse_box([min(points[::2]), min(points[1::2]), max(points[::2]), max(points[1::2])], record)
-            shape = Polygons([points])  # data check reports it, training drops its instance (fewer than 3 points)
+            shape = Polygons([parse_numbers(values[1:], record)])  # data check reports it; training drops it
+            box = parse_box(shape.box(), record)
         elif len(values) == 5:
             cx, cy, w, h = parse_box(values[1:], record)
             box = [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
         elif len(values) >= 7 and len(values) % 2:  # a segmentation polygon: its bounding box, as Ultralytics does
-            points = parse_numbers(values[1:], record)
-            box = parse_box([min(points[::2]), min(points[1::2]), max(points[::2]), max(points[1::2])], record)
-            shape = Polygons([points])
+            shape = Polygons([parse_numbers(values[1:], record)])
+            box = parse_box(shape.box(), record)
         else:
             raise DataError(f"{record}: expected 'class cx cy w h' (5 values), got {len(values)}: '{line.strip()}'.")
         if max(abs(v) for v in box) > 1.5:
