@@ -215,7 +215,7 @@ def warn_small_objects(model, template, samples, schema):
         advice = (f"raise the input size: params --model.kwargs.min_size {math.ceil(input_size.min_size * factor / 32) * 32}"
                   f" --model.kwargs.max_size {math.ceil(input_size.max_size * factor / 32) * 32}")
         stride = finest_stride(model)
-        if stride * MIN_STRIDES > SMALL_OBJECT:
+        if stride * MIN_STRIDES > SMALL_OBJECT and template["task"] == "detection":  # no finer template segments
             advice += (f"; its finest features are at stride {stride:.0f}, too coarse for them: {SMALL_OBJECT_TEMPLATE}"
                        f" reads stride 16")
     log.warning("Small objects: median size %s at %s's input (%s) is under %d px, which detectors find poorly; "

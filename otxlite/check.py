@@ -48,7 +48,7 @@ def check_data(specs):
     if errors:
         lines.append(f"{errors} error(s): training would fail. Fix them (see ERROR lines); {warnings} warning(s).")
     else:
-        lines.append(f"OK: training would run. {warnings} warning(s): those boxes are clipped or dropped as listed.")
+        lines.append(f"OK: training would run. {warnings} warning(s): training goes on as each one says.")
     return "\n".join(lines), errors == 0
 
 

@@ -33,7 +33,7 @@ def test_check_summarises_each_split_and_lists_warnings_by_file(voc_copy, otxlit
     assert "  image sizes: 640x480 (4)" in out
     assert f"warning zero area: {xml} (object 1): box [" in out
     assert f"warning duplicate: {second} (object 2)" in out
-    assert out.strip().endswith("OK: training would run. 2 warning(s): those boxes are clipped or dropped as listed.")
+    assert out.strip().endswith("OK: training would run. 2 warning(s): training goes on as each one says.")
 
 
 def test_check_exits_non_zero_with_every_error_named(voc_copy, otxlite):
