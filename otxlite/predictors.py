@@ -2,6 +2,7 @@
 pixels out."""
 
 import ctypes
+import functools
 import json
 import statistics
 import sys
@@ -14,10 +15,11 @@ import torch
 
 from otxlite import ArgumentError, ModelFileError
 from otxlite.files import load_weights, read_label_schema
+from otxlite.models import input_size
 from otxlite.tasks import MASK_OUTPUT, as_detections, task_of
 
 METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
-TASK_METADATA_KEYS = ("mask_output",)  # what it embeds for some tasks only
+OPTIONAL_METADATA_KEYS = ("mask_output", "input_size")  # for some tasks only, or from later versions
 
 
 class TorchPredictor:
@@ -31,6 +33,7 @@ class TorchPredictor:
     def __init__(self, model, schema, confidence_threshold, template, device):
         self.model, self.schema, self.template, self.device = model.eval().to(device), schema, template, device
         self.confidence_threshold = confidence_threshold
+        self.input_size = input_size(model.transform)
 
     @torch.inference_mode()
     def __call__(self, images):
@@ -72,6 +75,7 @@ class ExportedPredictor:
         self.schema = read_label_schema(path, expected=embedded)
         self.confidence_threshold = float(metadata["confidence_threshold"])
         self.template = json.loads(metadata["template"])
+        self.input_size = json.loads(metadata["input_size"]) if "input_size" in metadata else None
         self.device = device
         self.outputs = task_of(self.schema).outputs
         if "masks" in self.outputs and metadata.get("mask_output") != MASK_OUTPUT:
@@ -120,7 +124,7 @@ class OpenVinoPredictor(ExportedPredictor):
     def __init__(self, path, device, inference_precision="f32", throughput=False):
         import openvino
 
-        core = openvino.Core()
+        core = openvino_core()
         weights = Path(path).with_suffix(".bin")
         if not weights.is_file():
             raise ModelFileError(f"{path}: its weights file {weights} is missing. An OpenVINO IR is the .xml and "
@@ -130,7 +134,7 @@ class OpenVinoPredictor(ExportedPredictor):
         except RuntimeError as err:
             raise ModelFileError(f"{path}: not a readable OpenVINO IR ({cause(err)}).") from None
         metadata = {key: model.get_rt_info(["model_info", key]).astype(str)
-                    for key in METADATA_KEYS + TASK_METADATA_KEYS if model.has_rt_info(["model_info", key])}
+                    for key in METADATA_KEYS + OPTIONAL_METADATA_KEYS if model.has_rt_info(["model_info", key])}
         super().__init__(path, metadata, device)
         hints = {"INFERENCE_PRECISION_HINT": inference_precision} if inference_precision else {}
         if throughput:
@@ -170,15 +174,24 @@ class SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]  # Linux
 
 
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core: its CPU plugin is made once and never goes (see signal_stack_kept)."""
+    import openvino
+
+    return openvino.Core()
+
+
 @contextmanager
 def signal_stack_kept():
     """Give this thread back its alternate signal stack after OpenVINO has compiled a model.
 
-    OpenVINO's CPU plugin (2026.4) gives the compiling thread a signal stack of its own and, when the compiled
-    model goes, puts back the one it found. When two compiled models go in another order than they came, the
-    thread is left on a stack that was already unmapped, and the next signal it handles (Ctrl-C, a child process
-    ending) kills the process with SIGSEGV. Once the thread's own stack is back, no model's stack is in use, so
-    none is ever put back.
+    OpenVINO's CPU plugin (2026.4) gives the thread that first compiles on a Core a signal stack of its own, and
+    unmaps it when that Core goes, wherever the thread's signal stack then points. A thread left on an unmapped
+    stack dies of SIGSEGV at the next signal it handles (Ctrl-C, a child process ending); one left on a stack
+    that was mapped again writes its signal frame over other memory. Once the thread's own stack is back, no
+    plugin's stack is ever in use. otxlite also compiles on one Core only (openvino_core), so its plugin's stack
+    is never unmapped at all, and never compiles on other threads.
     """
     if not sys.platform.startswith("linux"):
         yield
