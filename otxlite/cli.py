@@ -28,6 +28,8 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
              "--output runs/demo"],
     "predict": ["otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input "
                 "samples/bccd/JPEGImages --output predictions.json"],
+    "serve": ["otxlite serve --load-weights runs/quickstart/optimize/openvino.xml --port 8000",
+              "curl -F image=@samples/bccd/JPEGImages/BloodImage_00000.jpg http://127.0.0.1:8000/predict"],
     "deploy": ["otxlite deploy --load-weights runs/quickstart/optimize/openvino.xml --output deploy.zip"],
     "check": ["otxlite data check --data samples/bccd/data.yaml"],
     "convert": ["otxlite data convert --data samples/bccd/data.yaml --output bccd-coco"],
@@ -258,6 +260,28 @@ def predict(load_weights, input_path, output, output_format, threshold, batch_si
     """Detections for a folder of images, as COCO results JSON or CSV."""
     setup_logging()
     Engine(device=device).predict_to_file(input_path, output, load_weights, output_format, threshold, batch_size)
+
+
+@cli.command(epilog=epilog("serve"))
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Default confidence threshold.  [default: the model's]")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Requests run together in one model call, at most.")
+@click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5, show_default=True,
+              help="How long the first request of a batch waits for others.")
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests waiting at most; past it a request gets 503 with Retry-After at once.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue, max_body_mb, device):
+    """Serve a model over HTTP: POST /predict, a page at /, /health, /ready, /model, /metrics, KServe v2."""
+    setup_logging()
+    click.echo(f"Serving {load_weights} on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
+    Engine(device=device).serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue,
+                                max_body_mb)
 
 
 @cli.command(epilog=epilog("deploy"))

@@ -15,7 +15,7 @@ from otxlite import OtxliteError, __version__
 from otxlite.tasks import MASK_OUTPUT, task_of
 from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
                            write_label_schema)
-from otxlite.models import model_from_checkpoint
+from otxlite.models import input_size, model_from_checkpoint
 from otxlite.quantization import where_without_list
 
 log = logging.getLogger("otxlite")
@@ -46,13 +46,6 @@ def model_metadata(checkpoint, model):
             "confidence_threshold": str(checkpoint["confidence_threshold"]),
             "input_size": json.dumps(input_size(model.transform)),
             **({"mask_output": MASK_OUTPUT} if task_of(checkpoint["labels"]).masks else {})}
-
-
-def input_size(transform):
-    fixed = getattr(transform, "fixed_size", None)
-    if fixed:
-        return {"fixed_size": list(fixed)}
-    return {"min_size": int(transform.min_size[0]), "max_size": int(transform.max_size)}
 
 
 def export(weights, output, formats=FORMATS, precision="FP32"):

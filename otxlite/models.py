@@ -127,6 +127,14 @@ class InputSize:
         return f"{self.fixed[1]}x{self.fixed[0]}" if self.fixed else f"min_size {self.min_size}, max_size {self.max_size}"
 
 
+def input_size(transform):
+    """A detector transform's resizing as export metadata and `otxlite serve` report it."""
+    fixed = getattr(transform, "fixed_size", None)
+    if fixed:
+        return {"fixed_size": list(fixed)}
+    return {"min_size": int(transform.min_size[0]), "max_size": int(transform.max_size)}
+
+
 def anchor_owner(model):
     """(module, attribute) holding the model's anchor generator, or None for an anchor-free model (FCOS)."""
     if isinstance(model, FCOS):

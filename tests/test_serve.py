@@ -1,0 +1,185 @@
+"""`otxlite serve`: a real server on loopback, in a process of its own, for every model file."""
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import SAMPLE, spawn
+from otxlite.distributed import free_port
+
+FASTER_RCNN = pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
+MODEL_FILES = ("run/weights.pth", "export/model.onnx", "export/openvino.xml")
+IMAGE = sorted(SAMPLE.glob("JPEGImages/*.jpg"))[0]
+
+
+def model_file(exported, name):
+    weights, export_folder, _ = exported
+    return weights if name == "run/weights.pth" else export_folder / name.split("/")[1]
+
+
+class Server:
+    """`otxlite serve` on a free loopback port, ready when constructed."""
+
+    def __init__(self, model, *options):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "otxlite", "serve", "--load-weights", str(model),
+                                         "--port", str(self.port), *map(str, options)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 180
+        while time.time() < deadline and self.process.poll() is None:
+            try:
+                if requests.get(self.url + "/ready", timeout=5).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"the server did not become ready: {self.process.stderr.read()}")
+
+    def predict(self, data=IMAGE.read_bytes(), name=IMAGE.name, **params):
+        return requests.post(self.url + "/predict", files={"image": (name, data, "image/jpeg")}, params=params,
+                             timeout=120)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.communicate(timeout=60)
+
+
+@pytest.fixture
+def server(request):
+    started = []
+
+    def start(model, *options):
+        started.append(Server(model, *options))
+        return started[-1]
+    yield start
+    for running in started:
+        running.stop()
+
+
+def predicted(model, tmp_path, *options):
+    output = tmp_path / "predict.json"
+    result = spawn([sys.executable, "-m", "otxlite", "predict", "--load-weights", model, "--input", IMAGE,
+                    "--output", output, *options], 300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(output.read_text())
+
+
+@FASTER_RCNN
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_answers_equal_predict_on_every_backend(exported, name, server, tmp_path):
+    model = model_file(exported, name)
+    running = server(model)
+    answer = running.predict(threshold=0.05)
+    assert answer.status_code == 200, answer.text
+    expected = predicted(model, tmp_path, "--threshold", "0.05")
+    assert expected and answer.json() == expected
+    raw = requests.post(running.url + "/predict", data=IMAGE.read_bytes(), headers={"Content-Type": "image/jpeg"},
+                        params={"threshold": 0.05}, timeout=60).json()
+    assert raw == [{**record, "file_name": "upload.jpg"} for record in expected]
+    info = requests.get(running.url + "/model", timeout=10).json()
+    assert info["backend"] == {".pth": "pytorch", ".onnx": "onnxruntime", ".xml": "openvino"}[model.suffix]
+    assert info["task"] == "detection" and info["input_size"] == {"min_size": 320, "max_size": 640}
+    assert [label["name"] for label in info["labels"]] == ["WBC", "RBC", "Platelets"]
+    assert requests.get(running.url + "/health", timeout=10).json() == {"status": "ok"}
+
+
+@FASTER_RCNN
+def test_bad_requests_get_a_4xx_naming_the_problem_and_good_ones_still_their_answer(exported, server):
+    running = server(exported[1] / "openvino.xml", "--max-body-mb", "1")
+    good = running.predict(threshold=0.05).json()
+    image = IMAGE.read_bytes()
+    post = lambda **kwargs: requests.post(running.url + "/predict", timeout=60, **kwargs)  # noqa: E731
+    bad = [
+        (lambda: post(data=b"", headers={"Content-Type": "image/jpeg"}), 400, "empty body"),
+        (lambda: post(data=b"not an image", headers={"Content-Type": "image/jpeg"}), 400, "not a readable image"),
+        (lambda: post(data=image[:len(image) // 2], headers={"Content-Type": "image/jpeg"}), 400, "truncated"),
+        (lambda: post(data=b"0" * 2 * 2**20, headers={"Content-Type": "image/jpeg"}), 413, "--max-body-mb"),
+        (lambda: post(data=image, headers={"Content-Type": "text/plain"}), 415, "content type text/plain"),
+        (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"threshold": "x"}), 422,
+         "threshold 'x'"),
+        (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"threshold": "1.5"}), 422,
+         "between 0 and 1"),
+        (lambda: requests.get(running.url + "/nowhere", timeout=10), 404, "no route GET /nowhere"),
+        (lambda: requests.post(running.url + "/v2/models/other/infer", json={}, timeout=10), 404, "no model 'other'"),
+        (lambda: requests.post(running.url + "/v2/models/export/infer", data=b"{", timeout=10), 400,
+         "not a KServe v2 infer request"),
+        (lambda: requests.post(running.url + "/v2/models/export/infer", timeout=10,
+                               json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                 "data": ["%%%"]}]}), 400, "not base64"),
+    ]
+    for send, status, says in bad * 2:
+        answer = send()
+        assert answer.status_code == status and says in answer.json()["error"], (says, answer.text)
+        assert running.predict(threshold=0.05).json() == good
+    metrics = requests.get(running.url + "/metrics", timeout=10).text
+    assert 'otxlite_requests_total{route="/predict",status="400"} 6.0' in metrics
+    assert "otxlite_batch_size_bucket" in metrics and "otxlite_queue_depth" in metrics
+    assert 'otxlite_request_latency_seconds_count{route="/predict"}' in metrics
+
+
+@FASTER_RCNN
+def test_kserve_v2_through_tritonclient(exported, server):
+    http = pytest.importorskip("tritonclient.http")
+    running = server(exported[1] / "openvino.xml")
+    client = http.InferenceServerClient(f"127.0.0.1:{running.port}")
+    assert client.is_server_ready() and client.get_model_metadata("export")["inputs"][0]["datatype"] == "BYTES"
+    expected = [{**record, "file_name": "upload"} for record in running.predict().json()]
+    for binary in (True, False):
+        tensor = http.InferInput("image", [1], "BYTES")
+        data = IMAGE.read_bytes() if binary else base64.b64encode(IMAGE.read_bytes()).decode()
+        tensor.set_data_from_numpy(np.array([data], dtype=object), binary_data=binary)
+        result = client.infer("export", [tensor], outputs=[http.InferRequestedOutput("detections", binary_data=False)])
+        detections = result.as_numpy("detections")[0]
+        assert json.loads(detections if isinstance(detections, str) else detections.decode()) == expected
+
+
+@FASTER_RCNN
+def test_a_full_queue_answers_503_at_once_and_sigterm_finishes_the_requests_in_flight(exported, server):
+    running = server(exported[1] / "openvino.xml", "--max-queue", "2", "--batch-wait-ms", "3000",
+                     "--max-batch-size", "64")
+    with ThreadPoolExecutor(6) as pool:
+        started = time.time()
+        answers = list(pool.map(lambda _: running.predict(), range(6)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [200, 200, 503, 503, 503, 503], [answer.text for answer in answers]
+    refused = next(answer for answer in answers if answer.status_code == 503)
+    assert refused.headers["Retry-After"] == "1" and "--max-queue 2" in refused.json()["error"]
+    assert time.time() - started < 30
+
+    in_flight = {}
+    request = threading.Thread(target=lambda: in_flight.setdefault("answer", running.predict()))
+    request.start()
+    time.sleep(1)  # the request now waits in its batch for --batch-wait-ms
+    running.process.send_signal(signal.SIGTERM)
+    request.join(60)
+    assert in_flight["answer"].status_code == 200
+    assert in_flight["answer"].json() == next(answer.json() for answer in answers if answer.status_code == 200)
+    running.process.wait(60)
+    assert running.process.returncode == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(running.url + "/health", timeout=5)
+
+
+def test_the_page_is_served_whole_with_no_outside_files(tmp_path):
+    from importlib import resources
+
+    page = resources.files("otxlite").joinpath("serve_page.html").read_text()
+    assert "http://" not in page and "https://" not in page and "<script src" not in page
+
+
+def test_a_missing_model_file_is_one_line_exit_2(tmp_path):
+    result = spawn([sys.executable, "-m", "otxlite", "serve", "--load-weights", tmp_path / "nope.xml",
+                    "--port", free_port()], 120)
+    assert result.returncode == 2 and "nope.xml: file not found" in result.stderr and "Traceback" not in result.stderr
