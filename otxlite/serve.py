@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from otxlite import ArgumentError, DataError, OtxliteError
+from otxlite.api import load
 from otxlite.formats.base import EmbeddedImage, decode_reporting_truncation
-from otxlite.inference import detection_record
-from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
 IMAGE_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif",
@@ -124,23 +123,21 @@ class Service:
         self.model_path, self.device, self.limits = Path(model_path), device, limits
         self.name = self.model_path.parent.name or self.model_path.stem
         self.metrics = Metrics()
-        self.predictor = self.batcher = None
+        self.model = self.batcher = None
         self.default_threshold = threshold
         self.ready = False
 
     def load(self):
-        """Load and warm up the model (compiling it on this thread, which keeps it)."""
-        self.predictor = load_predictor(self.model_path, self.device, throughput=True)
-        self.names = {label["id"]: label["name"] for label in self.predictor.schema["labels"]}
-        self.threshold = (self.predictor.confidence_threshold if self.default_threshold is None
-                          else self.default_threshold)
-        self.predictor([np.zeros((64, 64, 3), np.uint8)])
-        self.batcher = Batcher(self.predictor, self.limits, self.metrics)
+        """Load the model as the API does (`otxlite.load`, compiling on this thread) and warm it up."""
+        self.model = load(self.model_path, self.device)
+        self.threshold = self.model.confidence_threshold if self.default_threshold is None else self.default_threshold
+        self.model.predictor([np.zeros((64, 64, 3), np.uint8)])
+        self.batcher = Batcher(self.model.predictor, self.limits, self.metrics)
 
     def info(self):
-        schema = self.predictor.schema
-        return {"name": self.name, "model": str(self.model_path), "task": schema.get("task", "detection"),
-                "backend": self.backend(), "input_size": self.predictor.input_size, "threshold": self.threshold,
+        schema = self.model.schema
+        return {"name": self.name, "model": str(self.model_path), "task": self.model.task, "backend": self.backend(),
+                "input_size": self.model.predictor.input_size, "threshold": self.threshold,
                 "labels": schema["labels"], "label_schema": schema}
 
     def backend(self):
@@ -161,10 +158,7 @@ class Service:
         """COCO result records for one encoded image, as `otxlite predict` writes them (image_id 1)."""
         image = decoded(data, file_name)
         found = await self.batcher.detect(image)
-        return [detection_record(1, file_name, box, score, int(label), self.names,
-                                 found["rles"][i] if "rles" in found else None)
-                for i, (box, score, label) in enumerate(zip(found["boxes"], found["scores"], found["labels"]))
-                if score > threshold]
+        return self.model.detections(found, image.shape[:2], threshold).to_coco(1, file_name)
 
 
 def decoded(data, file_name):
