@@ -28,8 +28,8 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
              "--output runs/demo"],
     "predict": ["otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input "
                 "samples/bccd/JPEGImages --output predictions.json"],
-    "serve": ["otxlite serve --load-weights runs/quickstart/optimize/openvino.xml --port 8000",
-              "curl -F image=@samples/bccd/JPEGImages/BloodImage_00000.jpg http://127.0.0.1:8000/predict"],
+    "serve": ["otxlite serve --load-weights runs/quickstart/optimize/openvino.xml --port 8000     # then: curl -F "
+              "image=@samples/bccd/JPEGImages/BloodImage_00000.jpg http://127.0.0.1:8000/predict"],
     "deploy": ["otxlite deploy --load-weights runs/quickstart/optimize/openvino.xml --output deploy.zip"],
     "check": ["otxlite data check --data samples/bccd/data.yaml"],
     "convert": ["otxlite data convert --data samples/bccd/data.yaml --output bccd-coco"],

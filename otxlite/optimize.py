@@ -14,8 +14,7 @@ from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import KEY_PREFIX, coco_map, evaluate, headline_figures
 from otxlite.export import export, export_model, save_openvino
 from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
-from otxlite.predictors import (exported_input, latency_ms, load_predictor, loader_images, openvino_core,
-                                signal_stack_kept)
+from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images, signal_stack_kept
 from otxlite.qat import WEIGHTS_INT8, quantization_aware_training
 from otxlite.quantization import (OUTSIDE_QUANTIZED_MODULES_IN_EXPORT, QUANTIZED_MODULES, checked_subset_size,
                                   import_nncf)
@@ -58,11 +57,13 @@ def optimize(model_path, specs, output, subset_size=None, preset="mixed", max_ac
 def quantize_ir(model_path, specs, output, subset_size, preset, max_accuracy_drop):
     """Post-training quantization of an IR (or of the IR exported from a weights.pth) with NNCF."""
     nncf = import_nncf()
+    import openvino as ov
+
     require_splits(specs, "train", *(["val"] if max_accuracy_drop is not None else []))
     if model_path.suffix == ".pth":
         model_path = export(model_path, output / "fp32", formats=("openvino",))[0]
     fp32 = load_predictor(model_path, "cpu")
-    model = openvino_core().read_model(str(model_path))  # from disk: NNCF fails on a model fresh from convert_model
+    model = ov.Core().read_model(str(model_path))  # from disk: NNCF fails on a model fresh from convert_model
     precision = ["model_info", "precision"]
     if model.has_rt_info(precision) and model.get_rt_info(precision).astype(str) == "INT8":
         raise OtxliteError(f"{model_path}: already INT8. Pass the FP32 openvino.xml that `otxlite export` wrote.")

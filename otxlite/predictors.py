@@ -2,7 +2,6 @@
 pixels out."""
 
 import ctypes
-import functools
 import json
 import statistics
 import sys
@@ -118,13 +117,14 @@ class OpenVinoPredictor(ExportedPredictor):
 
     inference_precision None leaves the plugin's default, which is bf16 on CPUs with AMX or AVX512-BF16:
     faster, with scores that differ from PyTorch's in the second or third decimal. throughput=True compiles
-    for throughput (several streams) and runs the images of one call as parallel asynchronous requests.
+    for throughput (several streams) and runs the images of one call as parallel asynchronous requests, which
+    this thread starts and waits for: no Python callback runs on OpenVINO's threads.
     """
 
     def __init__(self, path, device, inference_precision="f32", throughput=False):
         import openvino
 
-        core = openvino_core()
+        core = openvino.Core()
         weights = Path(path).with_suffix(".bin")
         if not weights.is_file():
             raise ModelFileError(f"{path}: its weights file {weights} is missing. An OpenVINO IR is the .xml and "
@@ -141,45 +141,30 @@ class OpenVinoPredictor(ExportedPredictor):
             hints["PERFORMANCE_HINT"] = "THROUGHPUT"
         with signal_stack_kept():
             self.compiled = core.compile_model(model, "CPU", hints)
-            self.requests = openvino.AsyncInferQueue(self.compiled) if throughput else None
+            parallel = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if throughput else 0
+            self.requests = [self.compiled.create_infer_request() for _ in range(parallel)] or None
 
     def run(self, image):
         result = self.compiled([image])
         return [result[output] for output in self.compiled.outputs]
 
     def __call__(self, images):
-        if self.requests is None:  # compiled for throughput, every image goes through the queue: mixing the compiled
-            return super().__call__(images)  # model's synchronous calls with it corrupted memory (OpenVINO 2026.4)
-        results = [None] * len(images)
-
-        def collect(request, index):
-            results[index] = self.detections([request.get_tensor(output).data.copy() for output in self.compiled.outputs],
-                                             images[index].shape[:2])
-
-        self.requests.set_callback(collect)
-        try:
-            for index, image in enumerate(images):
-                self.requests.start_async([exported_input(image)], index)
-            self.requests.wait_all()
-        finally:  # the queue holds its callback where Python's garbage collector cannot see it: a callback that
-            self.requests.set_callback(ignore_request)  # refers to this predictor would keep it alive forever
+        if self.requests is None:  # compiled for throughput, every image goes through the requests: mixing the
+            return super().__call__(images)  # compiled model's synchronous calls with them corrupted memory (2026.4)
+        results = []
+        for start in range(0, len(images), len(self.requests)):
+            started = list(zip(self.requests, images[start:start + len(self.requests)]))
+            for request, image in started:
+                request.start_async([exported_input(image)])
+            for request, image in started:
+                request.wait()
+                results.append(self.detections([request.get_tensor(output).data.copy()
+                                                 for output in self.compiled.outputs], image.shape[:2]))
         return results
-
-
-def ignore_request(request, userdata):
-    """The callback of an idle request queue."""
 
 
 class SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]  # Linux
-
-
-@functools.cache
-def openvino_core():
-    """The process's one OpenVINO Core: its CPU plugin is made once and never goes (see signal_stack_kept)."""
-    import openvino
-
-    return openvino.Core()
 
 
 @contextmanager
@@ -190,8 +175,8 @@ def signal_stack_kept():
     unmaps it when that Core goes, wherever the thread's signal stack then points. A thread left on an unmapped
     stack dies of SIGSEGV at the next signal it handles (Ctrl-C, a child process ending); one left on a stack
     that was mapped again writes its signal frame over other memory. Once the thread's own stack is back, no
-    plugin's stack is ever in use. otxlite also compiles on one Core only (openvino_core), so its plugin's stack
-    is never unmapped at all, and never compiles on other threads.
+    plugin's stack is ever in use. (One Core kept for the process would avoid the unmapping, but a Core still
+    alive when Python exits aborts the process: "terminate called without an active exception".)
     """
     if not sys.platform.startswith("linux"):
         yield

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from otxlite.cli import cli, main
 from otxlite.data import split_specs
-from otxlite.predictors import openvino_core, signal_stack_kept
+from otxlite.predictors import signal_stack_kept
 from otxlite.templates import resolve_template
 from otxlite.train import train
 
@@ -152,7 +152,9 @@ def voc_copy(tmp_path):
 def quantized_modules(xml_path):
     """The module paths ("/model/backbone/...") of the operations that NNCF's FakeQuantize nodes feed,
     leaving out ShapeOf (the anchor generator reads the shapes of quantized feature maps)."""
-    model = openvino_core().read_model(str(xml_path))
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
     return {target.get_node().get_friendly_name().rsplit("/", 1)[0] for op in model.get_ops()
             if op.get_type_name() == "FakeQuantize" for target in op.output(0).get_target_inputs()
             if target.get_node().get_type_name() != "ShapeOf"}
@@ -161,8 +163,10 @@ def quantized_modules(xml_path):
 def int8_layers(xml_path):
     """The module paths ("/model/backbone/...") of the convolutions and fully connected layers that OpenVINO's CPU
     plugin runs in int8: what quantization buys, whatever names the IR's nodes kept through fusions."""
+    import openvino as ov
+
     with signal_stack_kept():
-        runtime = openvino_core().compile_model(str(xml_path), "CPU").get_runtime_model()
+        runtime = ov.Core().compile_model(str(xml_path), "CPU").get_runtime_model()
     layers = set()
     for op in runtime.get_ops():
         info = op.get_rt_info()

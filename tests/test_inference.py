@@ -222,8 +222,8 @@ def test_ctrl_c_after_two_openvino_models_is_a_keyboard_interrupt_not_a_crash(ex
 
 
 def test_a_throughput_predictor_is_freed_once_dropped(exported):
-    """Its request queue's callback referred to it, where the garbage collector could not see: every evaluation
-    kept a compiled model in memory for good."""
+    """Its request queue's callback once referred to it, where the garbage collector could not see: every
+    evaluation kept a compiled model in memory for good."""
     predictor = load_predictor(exported[1] / "openvino.xml", throughput=True)
     assert len(predictor([np.zeros((48, 64, 3), np.uint8)] * 3)) == 3
     dropped = weakref.ref(predictor)
