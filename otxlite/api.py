@@ -394,13 +394,14 @@ class Engine:
         return demo(model, source, output, threshold, self.device)
 
     def serve(self, model=None, host="127.0.0.1", port=8000, threshold=None, max_batch_size=8, batch_wait_ms=5,
-              max_queue=64, max_body_mb=20):
+              max_queue=64, max_body_mb=20, ray=None):
         """Serve the model (default: the last one written) over HTTP until SIGTERM or Ctrl-C (`otxlite serve`):
-        POST /predict, the page at /, /health, /ready, /model, /metrics and KServe v2 routes."""
+        POST /predict, the page at /, /health, /ready, /model, /metrics and KServe v2 routes. ray: an
+        `otxlite.serve.RayScaling` to serve on Ray Serve replicas."""
         from otxlite.serve import Limits, serve
 
         serve(self._model(model), host, port, self.device, Limits(max_batch_size, batch_wait_ms, max_queue,
-                                                                   max_body_mb), threshold)
+                                                                   max_body_mb), threshold, ray)
 
     def deploy(self, model=None, output=None):
         """A zip of the openvino.xml with a runner that needs only openvino, numpy and pillow; returns its path

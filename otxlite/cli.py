@@ -276,12 +276,31 @@ def predict(load_weights, input_path, output, output_format, threshold, batch_si
               help="Requests waiting at most; past it a request gets 503 with Retry-After at once.")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue, max_body_mb, device):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one process. ray: replicas on Ray Serve (pip install 'otxlite[serve-ray]').")
+@click.option("--replicas", type=click.IntRange(min=1), help="With --engine ray: a fixed number of replicas.  "
+              "[default: 1]")
+@click.option("--min-replicas", type=click.IntRange(min=0), help="With --engine ray: autoscale from this many...")
+@click.option("--max-replicas", type=click.IntRange(min=1), help="...to this many replicas.")
+@click.option("--max-queued-requests", type=click.IntRange(min=1),
+              help="With --engine ray: requests waiting across replicas at most.  [default: --max-queue]")
+@click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
+def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue, max_body_mb, device, engine,
+          replicas, min_replicas, max_replicas, max_queued_requests, ray_address):
     """Serve a model over HTTP: POST /predict, a page at /, /health, /ready, /model, /metrics, KServe v2."""
+    from otxlite.serve import RayScaling
+
     setup_logging()
+    ray_options = {"replicas": replicas, "min_replicas": min_replicas, "max_replicas": max_replicas,
+                   "max_queued_requests": max_queued_requests, "address": ray_address}
+    if engine == "local" and any(value is not None for value in ray_options.values()):
+        raise click.UsageError("--replicas, --min-replicas, --max-replicas, --max-queued-requests and --ray-address "
+                               "go with --engine ray.")
+    if replicas is not None and (min_replicas is not None or max_replicas is not None):
+        raise click.UsageError("give --replicas, or --min-replicas and --max-replicas for autoscaling, not both.")
     click.echo(f"Serving {load_weights} on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
     Engine(device=device).serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue,
-                                max_body_mb)
+                                max_body_mb, ray=RayScaling(**ray_options) if engine == "ray" else None)
 
 
 @cli.command(epilog=epilog("deploy"))

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import signal
 import struct
 import time
@@ -73,21 +74,34 @@ class Batcher:
         self.queue = asyncio.Queue()
         self.pending = 0
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="otxlite-model")
+        self.runner = None
 
     async def detect(self, image):
         """The predictor's detections dict for one RGB array; RequestError 503 when max_queue are waiting."""
         if self.pending >= self.limits.max_queue:
             raise RequestError(503, f"the service is busy ({self.pending} requests waiting, --max-queue "
                                     f"{self.limits.max_queue}); try again shortly.", {"Retry-After": "1"})
-        answer = asyncio.get_running_loop().create_future()
         self.pending += 1
         self.metrics.queue_depth.set(self.pending)
         try:
-            await self.queue.put((image, answer))
-            return await answer
+            return await self.enqueue(image)
         finally:
             self.pending -= 1
             self.metrics.queue_depth.set(self.pending)
+
+    async def enqueue(self, image):
+        answer = asyncio.get_running_loop().create_future()
+        await self.queue.put((image, answer))
+        return await answer
+
+    def start(self):
+        """Start grouping, on the running event loop."""
+        self.runner = asyncio.get_running_loop().create_task(self.run())
+
+    def stop(self):
+        if self.runner is not None:
+            self.runner.cancel()
+        self.worker.shutdown(wait=True)
 
     async def run(self):
         loop = asyncio.get_running_loop()
@@ -102,25 +116,32 @@ class Batcher:
             batch = [(image, answer) for image, answer in batch if not answer.done()]  # a client that gave up
             if not batch:
                 continue
-            self.metrics.batch_size.observe(len(batch))
             try:
-                found = await loop.run_in_executor(self.worker, self.predictor, [image for image, _ in batch])
-            except Exception as err:  # the model failed on this batch: its requests fail, the service goes on
-                log.exception("The model failed on a batch of %d image(s).", len(batch))
+                found = await self.call_model([image for image, _ in batch])
+            except RequestError as err:
                 for _, answer in batch:
                     if not answer.done():
-                        answer.set_exception(RequestError(500, f"the model failed: {err}"))
+                        answer.set_exception(err)
                 continue
             for (_, answer), detections in zip(batch, found):
                 if not answer.done():
                     answer.set_result(detections)
 
+    async def call_model(self, images):
+        """The predictor's detections for a batch of images, on the worker thread; RequestError 500 if it fails."""
+        self.metrics.batch_size.observe(len(images))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.worker, self.predictor, images)
+        except Exception as err:  # the model failed on this batch: its requests fail, the service goes on
+            log.exception("The model failed on a batch of %d image(s).", len(images))
+            raise RequestError(500, f"the model failed: {err}") from None
+
 
 class Service:
     """One loaded model, its batcher and metrics; the routes call it."""
 
-    def __init__(self, model_path, device="auto", limits=Limits(), threshold=None):
-        self.model_path, self.device, self.limits = Path(model_path), device, limits
+    def __init__(self, model_path, device="auto", limits=Limits(), threshold=None, batcher=Batcher):
+        self.model_path, self.device, self.limits, self.batcher_class = Path(model_path), device, limits, batcher
         self.name = self.model_path.parent.name or self.model_path.stem
         self.metrics = Metrics()
         self.model = self.batcher = None
@@ -132,13 +153,13 @@ class Service:
         self.model = load(self.model_path, self.device)
         self.threshold = self.model.confidence_threshold if self.default_threshold is None else self.default_threshold
         self.model.predictor([np.zeros((64, 64, 3), np.uint8)])
-        self.batcher = Batcher(self.model.predictor, self.limits, self.metrics)
+        self.batcher = self.batcher_class(self.model.predictor, self.limits, self.metrics)
 
     def info(self):
         schema = self.model.schema
         return {"name": self.name, "model": str(self.model_path), "task": self.model.task, "backend": self.backend(),
                 "input_size": self.model.predictor.input_size, "threshold": self.threshold,
-                "labels": schema["labels"], "label_schema": schema}
+                "labels": schema["labels"], "label_schema": schema, "pid": os.getpid()}
 
     def backend(self):
         return {".pth": "pytorch", ".onnx": "onnxruntime", ".xml": "openvino"}[self.model_path.suffix]
@@ -216,8 +237,9 @@ def kserve_image(body, headers):
         raise RequestError(400, "input 'image' data is not base64 text: base64-encode the image file.") from None
 
 
-def create_app(model_path, device="auto", limits=Limits(), threshold=None):
-    """The FastAPI application serving model_path (see the module's docstring); the model is loaded here."""
+def create_app(model_path, device="auto", limits=Limits(), threshold=None, batcher=Batcher):
+    """The FastAPI application serving model_path (see the module's docstring); the model is loaded here.
+    batcher: the class that groups requests into model calls (Ray Serve's replicas pass theirs)."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -226,18 +248,17 @@ def create_app(model_path, device="auto", limits=Limits(), threshold=None):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.exceptions import HTTPException
 
-    service = Service(model_path, device, limits, threshold)
+    service = Service(model_path, device, limits, threshold, batcher)
     service.load()
 
     @asynccontextmanager
     async def lifespan(app):
-        runner = asyncio.create_task(service.batcher.run())
+        service.batcher.start()
         service.ready = True
         log.info("Serving %s (%s) on its routes; ready.", model_path, service.backend())
         yield
         service.ready = False
-        runner.cancel()
-        service.batcher.worker.shutdown(wait=True)
+        service.batcher.stop()
 
     app = FastAPI(title="otxlite", lifespan=lifespan)
     app.state.service = service
@@ -359,15 +380,35 @@ def create_app(model_path, device="auto", limits=Limits(), threshold=None):
     return app
 
 
-def serve(model_path, host="127.0.0.1", port=8000, device="auto", limits=Limits(), threshold=None):
-    """Run the service until SIGTERM or Ctrl-C, which finish the requests in flight and refuse new ones."""
+@dataclass(frozen=True)
+class RayScaling:
+    """Ray Serve's replicas: a fixed number, or autoscaling between min_replicas and max_replicas."""
+    replicas: int | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    max_queued_requests: int | None = None
+    address: str | None = None
+
+
+def serve(model_path, host="127.0.0.1", port=8000, device="auto", limits=Limits(), threshold=None, ray=None):
+    """Run the service until SIGTERM or Ctrl-C, which finish the requests in flight and refuse new ones.
+    ray: a RayScaling to serve on Ray Serve's replicas instead of in this process."""
+    if limits.max_batch_size < 1 or limits.max_queue < 1 or limits.batch_wait_ms < 0 or limits.max_body_mb <= 0:
+        raise ArgumentError("--max-batch-size and --max-queue take 1 or more, --batch-wait-ms 0 or more, "
+                            "--max-body-mb a positive size.")
+    if ray is not None:
+        try:
+            from otxlite.serve_ray import serve_on_ray
+        except ModuleNotFoundError as err:
+            if not (err.name or "").startswith("ray"):
+                raise
+            raise OtxliteError("--engine ray needs Ray Serve: pip install 'otxlite[serve-ray]'.") from None
+
+        return serve_on_ray(model_path, host, port, device, limits, threshold, ray)
     try:
         import uvicorn
     except ImportError:
         raise OtxliteError("otxlite serve needs FastAPI and uvicorn: pip install 'otxlite[serve]'.") from None
-    if limits.max_batch_size < 1 or limits.max_queue < 1 or limits.batch_wait_ms < 0 or limits.max_body_mb <= 0:
-        raise ArgumentError("--max-batch-size and --max-queue take 1 or more, --batch-wait-ms 0 or more, "
-                            "--max-body-mb a positive size.")
     app = create_app(model_path, device, limits, threshold)
     for stop in (signal.SIGTERM, signal.SIGINT):  # uvicorn shuts down gracefully, then raises the signal again:
         signal.signal(stop, lambda *_: None)      # a stop that finished its requests is then exit status 0

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -183,3 +184,35 @@ def test_a_missing_model_file_is_one_line_exit_2(tmp_path):
     result = spawn([sys.executable, "-m", "otxlite", "serve", "--load-weights", tmp_path / "nope.xml",
                     "--port", free_port()], 120)
     assert result.returncode == 2 and "nope.xml: file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@FASTER_RCNN
+def test_ray_serve_replicas_answer_as_the_embedded_server_and_a_killed_replica_is_replaced(exported, server):
+    pytest.importorskip("ray.serve")
+    model = exported[1] / "openvino.xml"
+    expected = server(model).predict(threshold=0.05).json()
+    running = server(model, "--engine", "ray", "--replicas", "2", "--max-batch-size", "4")
+
+    def replica_pids():  # the processes that answered 30 requests
+        answers = [requests.get(running.url + "/model", timeout=30) for _ in range(30)]
+        return {answer.json()["pid"] for answer in answers if answer.status_code == 200}
+    pids = replica_pids()
+    assert len(pids) == 2 and running.process.pid not in pids
+    assert running.predict(threshold=0.05).json() == expected
+
+    killed = pids.pop()
+    os.kill(killed, signal.SIGKILL)
+    deadline, replaced = time.time() + 120, replica_pids()
+    while (killed in replaced or len(replaced) < 2) and time.time() < deadline:
+        time.sleep(1)
+        replaced = replica_pids()
+    assert len(replaced) == 2 and killed not in replaced, replaced
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: running.predict(threshold=0.05), range(8)))
+    assert [answer.status_code for answer in answers] == [200] * 8
+    assert all(answer.json() == expected for answer in answers)
+    assert requests.get(running.url + "/", timeout=30).text.startswith("<!doctype html>")
+
+    running.process.send_signal(signal.SIGTERM)
+    running.process.wait(120)
+    assert running.process.returncode == 0
