@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,3 +217,79 @@ def test_ray_serve_replicas_answer_as_the_embedded_server_and_a_killed_replica_i
     running.process.send_signal(signal.SIGTERM)
     running.process.wait(120)
     assert running.process.returncode == 0
+
+
+def chromium_driver(tmp_path):
+    """Headless Chromium (Debian's chromium and chromium-driver) under Selenium; skips only outside CI."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium and chromium-driver: .ci/run installs them.")
+        pytest.skip("no chromium and chromedriver here: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1600",
+                     f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(argument)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+
+
+def predict_count(running):
+    """How many POST /predict the service has answered, from its /metrics."""
+    metrics = requests.get(running.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith('otxlite_requests_total{route="/predict"'))
+
+
+@FASTER_RCNN
+def test_the_page_draws_an_uploaded_image_with_the_detections_of_predict_and_its_slider_redraws(exported, server,
+                                                                                              tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    running = server(exported[1] / "openvino.xml")
+    browser = chromium_driver(tmp_path)
+    try:
+        browser.get(running.url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda page: "classes WBC, RBC, Platelets" in page.find_element(By.ID, "model").text)
+        picker = browser.find_element(By.ID, "file")
+        browser.execute_script("arguments[0].hidden = false;", picker)  # a person clicks its label
+        picker.send_keys(str(IMAGE))
+        wait.until(lambda page: page.find_element(By.TAG_NAME, "body").get_attribute("data-done") == "yes")
+
+        def shown():
+            threshold = float(browser.find_element(By.ID, "threshold-value").text)
+            rows = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+                    for row in browser.find_elements(By.CSS_SELECTOR, "#detections tbody tr")]
+            drawn = int(browser.find_element(By.ID, "view").get_attribute("data-shown"))
+            return threshold, rows, drawn
+
+        def expected_rows(threshold):
+            return [[str(i + 1), d["category_name"], f"{d['score']:.3f}", *(f"{v:.1f}" for v in d["bbox"])]
+                    for i, d in enumerate(running.predict(threshold=threshold).json())]
+
+        threshold, rows, drawn = shown()
+        model_threshold = requests.get(running.url + "/model", timeout=10).json()["threshold"]
+        assert threshold == round(model_threshold, 2) and rows and drawn == len(rows)
+        assert rows == expected_rows(threshold)
+        predicted_before = predict_count(running)
+
+        slider = browser.find_element(By.ID, "threshold")
+        slider.send_keys(Keys.HOME)  # the slider to 0: every detection, drawn without a new request
+        lowered, more_rows, drawn = shown()
+        for _ in range(50):
+            slider.send_keys(Keys.ARROW_RIGHT)
+        raised, fewer_rows, _ = shown()
+        assert predict_count(running) == predicted_before
+        assert lowered == 0 and len(more_rows) > len(rows) and drawn == len(more_rows)
+        assert more_rows == expected_rows(0)
+        assert raised == 0.5 and fewer_rows == expected_rows(0.5)
+        assert not browser.find_element(By.ID, "error").text
+        screenshot = tmp_path / "page.png"
+        browser.save_screenshot(str(screenshot))
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+    finally:
+        browser.quit()
