@@ -1,4 +1,5 @@
-"""`otxlite deploy`: a zip with the OpenVINO model and a runner that needs only openvino, numpy and pillow."""
+"""`otxlite deploy`: a zip with the OpenVINO model, a runner that needs only openvino, numpy and pillow, and the
+service of `otxlite serve` for it (serve.py, which adds only the server packages)."""
 
 import importlib.metadata
 import logging
@@ -11,6 +12,8 @@ from otxlite.predictors import load_predictor
 
 log = logging.getLogger("otxlite")
 RUNNER = Path(__file__).with_name("deploy_runner.py")
+SERVICE, PAGE = Path(__file__).with_name("service.py"), Path(__file__).with_name("serve_page.html")
+SERVER_PACKAGES = ("fastapi", "uvicorn", "prometheus_client", "python-multipart")
 README = """# {name}: an otxlite detector
 
 {labels} detector ({template}, {precision}, confidence threshold {threshold:g}), packaged by otxlite {version}.
@@ -22,9 +25,18 @@ README = """# {name}: an otxlite detector
 category_name, bbox as x, y, w, h in pixels, score, and for instance segmentation `segmentation` as
 COCO RLE). In Python: `from run import Detector, paste_mask; boxes, scores, labels, masks =
 Detector()(rgb_array)`; masks is None for detection, else each box's 28x28 mask probabilities, and
-`paste_mask(masks[i], boxes[i], height, width)` gives detection i's mask in the image. The model takes
+`paste_mask(masks[i], boxes[i], height, width)` gives detection i's mask in the image.
+
+To serve it over HTTP as `otxlite serve` does (POST /predict, a page at /, /health, /ready, /model,
+/metrics, KServe v2; `--help` lists the options):
+
+    .venv/bin/pip install -r requirements-serve.txt
+    .venv/bin/python serve.py [--host 127.0.0.1] [--port 8000]
+
+The model takes
 one RGB image as [1, 3, H, W] float32 in 0..1 at any size; resizing, normalisation and NMS are inside
-it. Files: model/openvino.xml + .bin, model/label_schema.json (label ids and names), model/config.json.
+it. Files: model/openvino.xml + .bin, model/label_schema.json (label ids and names), model/config.json,
+run.py, serve.py and serve_page.html.
 """
 
 
@@ -47,15 +59,24 @@ def deploy(model_path, output):
                            template=predictor.template["id"], precision=config.get("precision", "FP32"),
                            threshold=predictor.confidence_threshold, version=__version__)
     requirements = "".join(f"{name}=={importlib.metadata.version(name)}\n" for name in ("openvino", "numpy", "pillow"))
+    try:
+        serve_requirements = "-r requirements.txt\n" + "".join(f"{name}=={importlib.metadata.version(name)}\n"
+                                                             for name in SERVER_PACKAGES)
+    except importlib.metadata.PackageNotFoundError as err:
+        raise OtxliteError(f"deploy packages serve.py with the server packages this otxlite runs, and {err.name} is "
+                           f"not installed: pip install 'otxlite[serve]'.") from None
 
     def write(file):
         with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as package:
             for name, path in members.items():
                 package.write(path, name)
             package.write(RUNNER, "run.py")
+            package.write(SERVICE, "serve.py")
+            package.write(PAGE, PAGE.name)
             package.writestr("requirements.txt", requirements)
+            package.writestr("requirements-serve.txt", serve_requirements)
             package.writestr("README.md", readme)
 
     write_atomic(output, write)
-    log.info("Wrote %s (%.1f MB): model/, run.py, requirements.txt, README.md", output, output.stat().st_size / 1e6)
+    log.info("Wrote %s (%.1f MB): model/, run.py, serve.py, requirements, README.md", output, output.stat().st_size / 1e6)
     return output

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino
-from PIL import Image
+from PIL import Image, ImageOps
 
 MODEL = Path(__file__).resolve().parent / "model"
 MASK_THRESHOLD = 0.5
@@ -92,6 +92,27 @@ def image_files(path):
     return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES), path
 
 
+def read_image(file):
+    """An image file (a path or a file object) as an upright RGB array: EXIF orientation applied, as otxlite does."""
+    with Image.open(file) as image:
+        return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+
+
+def coco_records(detector, found, shape, threshold, image_id, file_name):
+    """One image's detections (a Detector's answer) scoring above threshold, as COCO result records."""
+    boxes, scores, labels, masks = found
+    records = []
+    for i in np.flatnonzero(scores > threshold):
+        x1, y1, x2, y2 = boxes[i].tolist()
+        records.append({"image_id": image_id, "file_name": file_name,
+                        "category_id": int(labels[i]), "category_name": detector.labels[int(labels[i])],
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(float(scores[i]), 5),
+                        **({"segmentation": coco_rle(paste_mask(masks[i], boxes[i], *shape))}
+                           if masks is not None else {})})
+    return records
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", type=Path, help="an image or a folder of images")
@@ -103,19 +124,11 @@ def main():
     files, root = image_files(args.input)
     records = []
     for image_id, path in enumerate(files, 1):
-        with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))
-        boxes, scores, labels, masks = detector(rgb)
-        for i in np.flatnonzero(scores > threshold):
-            x1, y1, x2, y2 = boxes[i].tolist()
-            records.append({"image_id": image_id, "file_name": path.relative_to(root).as_posix(),
-                            "category_id": int(labels[i]), "category_name": detector.labels[int(labels[i])],
-                            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                            "score": round(float(scores[i]), 5),
-                            **({"segmentation": coco_rle(paste_mask(masks[i], boxes[i], *rgb.shape[:2]))}
-                               if masks is not None else {})})
-        kept = scores > threshold
-        print(f"{path}: {int(kept.sum())} detections scoring above {threshold:g}")
+        rgb = read_image(path)
+        found = coco_records(detector, detector(rgb), rgb.shape[:2], threshold, image_id,
+                             path.relative_to(root).as_posix())
+        records += found
+        print(f"{path}: {len(found)} detections scoring above {threshold:g}")
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n")
         print(f"Wrote {args.json}")

@@ -19,7 +19,8 @@ from ray.serve.schema import LoggingConfig
 
 from otxlite import ModelFileError, OtxliteError
 from otxlite.files import read_label_schema
-from otxlite.serve import Batcher, create_app
+from otxlite.serve import LoadedModel
+from otxlite.service import Batcher, create_app
 
 log = logging.getLogger("otxlite")
 QUIET = LoggingConfig(log_level="WARNING", enable_access_log=False)  # no line a request, in Ray's logs or ours
@@ -51,7 +52,8 @@ class Replica:
         self.arguments = model_path, device, limits, threshold
 
     def __serve_build_asgi_app__(self):
-        return create_app(*self.arguments, batcher=RayBatcher)
+        model_path, device, limits, threshold = self.arguments
+        return create_app(LoadedModel(model_path, device), limits, threshold, RayBatcher)
 
 
 def serve_on_ray(model_path, host, port, device, limits, threshold, scaling):

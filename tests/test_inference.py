@@ -163,8 +163,8 @@ def test_deploy_package_runs_in_a_fresh_venv_with_only_its_three_dependencies(ex
     package = deploy(xml, tmp_path / "cells.zip")
     with zipfile.ZipFile(package) as archive:
         assert sorted(archive.namelist()) == ["README.md", "model/config.json", "model/label_schema.json",
-                                              "model/openvino.bin", "model/openvino.xml", "requirements.txt",
-                                              "run.py"]
+                                              "model/openvino.bin", "model/openvino.xml", "requirements-serve.txt",
+                                              "requirements.txt", "run.py", "serve.py", "serve_page.html"]
         archive.extractall(tmp_path / "unzipped")
     requirements = (tmp_path / "unzipped" / "requirements.txt").read_text().split()
     assert [r.split("==")[0] for r in requirements] == ["openvino", "numpy", "pillow"]

@@ -319,6 +319,21 @@ def fitted_segmenter(tmp_path_factory):
     return root, weights
 
 
+@pytest.mark.parametrize("name", ["run/weights.pth", "export/openvino.xml"])
+def test_otxlite_serve_answers_masks_as_predict_writes_them(fitted_segmenter, name, tmp_path):
+    from test_serve import Server, predicted
+
+    model, image = fitted_segmenter[0] / name, fitted_segmenter[0] / "images" / "000000000165.jpg"
+    running = Server(model)
+    try:
+        answer = running.predict(image.read_bytes(), image.name, threshold=0.05)
+    finally:
+        running.stop()
+    expected = predicted(model, tmp_path, "--threshold", "0.05", image=image)
+    assert expected and all("counts" in record["segmentation"] for record in expected)
+    assert answer.status_code == 200 and answer.json() == expected
+
+
 def test_exported_masks_match_pytorch_on_every_backend(fitted_segmenter):
     """Every confident detection has a partner on ONNX Runtime and OpenVINO whose mask IoU is at least 0.98,
     on images of several sizes and aspect ratios."""

@@ -7,8 +7,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -31,48 +33,51 @@ def model_file(exported, name):
 class Server:
     """`otxlite serve` on a free loopback port, ready when constructed."""
 
-    def __init__(self, model, *options):
+    def __init__(self, model, *options, command=(sys.executable, "-m", "otxlite", "serve"), **popen):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "otxlite", "serve", "--load-weights", str(model),
-                                         "--port", str(self.port), *map(str, options)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        model = ("--load-weights", str(model)) if model else ()
+        self.log = tempfile.TemporaryFile("w+")  # not a pipe: a server that logs much never blocks on it
+        self.process = subprocess.Popen([*command, *model, "--port", str(self.port), *map(str, options)],
+                                        stdout=self.log, stderr=subprocess.STDOUT, text=True, **popen)
         deadline = time.time() + 180
         while time.time() < deadline and self.process.poll() is None:
             try:
                 if requests.get(self.url + "/ready", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or (Ray's proxy) not answering yet
                 pass
             time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"the server did not become ready: {self.process.stderr.read()}")
+        raise AssertionError(f"the server did not become ready: {self.stop()}")
 
     def predict(self, data=IMAGE.read_bytes(), name=IMAGE.name, **params):
         return requests.post(self.url + "/predict", files={"image": (name, data, "image/jpeg")}, params=params,
                              timeout=120)
 
     def stop(self):
+        """Its output, once it has exited (SIGTERM if it still runs)."""
         if self.process.poll() is None:
             self.process.terminate()
-        return self.process.communicate(timeout=60)
+        self.process.wait(120)
+        self.log.seek(0)
+        return self.log.read()
 
 
 @pytest.fixture
 def server(request):
     started = []
 
-    def start(model, *options):
-        started.append(Server(model, *options))
+    def start(model, *options, **how):
+        started.append(Server(model, *options, **how))
         return started[-1]
     yield start
     for running in started:
         running.stop()
 
 
-def predicted(model, tmp_path, *options):
+def predicted(model, tmp_path, *options, image=IMAGE):
     output = tmp_path / "predict.json"
-    result = spawn([sys.executable, "-m", "otxlite", "predict", "--load-weights", model, "--input", IMAGE,
+    result = spawn([sys.executable, "-m", "otxlite", "predict", "--load-weights", model, "--input", image,
                     "--output", output, *options], 300)
     assert result.returncode == 0, result.stderr
     return json.loads(output.read_text())
@@ -293,3 +298,40 @@ def test_the_page_draws_an_uploaded_image_with_the_detections_of_predict_and_its
         assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
     finally:
         browser.quit()
+
+
+@FASTER_RCNN
+def test_the_deploy_package_serves_in_a_fresh_venv_without_torch_as_otxlite_serve_does(exported, server, tmp_path):
+    from otxlite.deploy import deploy
+
+    model = exported[1] / "openvino.xml"
+    with zipfile.ZipFile(deploy(model, tmp_path / "cells.zip")) as archive:
+        archive.extractall(tmp_path / "cells")
+    venv, environment = tmp_path / "venv", {k: v for k, v in os.environ.items() if k not in ("PIP_CONSTRAINT",
+                                                                                             "PYTHONPATH")}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", "requirements-serve.txt"],
+                   cwd=tmp_path / "cells", check=True, env=environment)
+    installed = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+                               capture_output=True, text=True, check=True, env=environment).stdout
+    assert "torch" not in {p["name"].lower() for p in json.loads(installed)}
+
+    packaged = server(None, command=(str(venv / "bin" / "python"), "-I", "serve.py"), cwd=tmp_path / "cells",
+                      env=environment)
+    embedded = server(model)
+    images = sorted(SAMPLE.glob("JPEGImages/*.jpg"))[:3]
+    for image in images:
+        for threshold in (0.05, 0.5):
+            answers = [running.predict(image.read_bytes(), image.name, threshold=threshold) for running in
+                       (packaged, embedded)]
+            assert [a.status_code for a in answers] == [200, 200] and answers[0].json() == answers[1].json()
+    assert answers[0].json()
+    info = [requests.get(running.url + "/model", timeout=10).json() for running in (packaged, embedded)]
+    for key in ("task", "backend", "input_size", "threshold", "labels"):
+        assert info[0][key] == info[1][key], key
+    truncated = packaged.predict(images[0].read_bytes()[:5000], "cut.jpg")
+    assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]
+    assert requests.get(packaged.url + "/", timeout=10).text == requests.get(embedded.url + "/", timeout=10).text
+    assert "otxlite_batch_size_bucket" in requests.get(packaged.url + "/metrics", timeout=10).text
+    packaged.process.send_signal(signal.SIGTERM)
+    assert packaged.process.wait(60) == 0
