@@ -100,7 +100,7 @@ class Batcher:
         self.runner = None
 
     async def detect(self, image):
-        """The predictor's detections dict for one RGB array; RequestError 503 when max_queue are waiting."""
+        """The model's raw detections of one RGB array; RequestError 503 when max_queue are waiting."""
         if self.pending >= self.limits.max_queue:
             raise RequestError(503, f"the service is busy ({self.pending} requests waiting, --max-queue "
                                     f"{self.limits.max_queue}); try again shortly.", {"Retry-After": "1"})
@@ -151,7 +151,7 @@ class Batcher:
                     answer.set_result(detections)
 
     async def call_model(self, images):
-        """The predictor's detections for a batch of images, on the worker thread; RequestError 500 if it fails."""
+        """The model's raw detections of a batch of images, on the worker thread; RequestError 500 if it fails."""
         self.metrics.batch_size.observe(len(images))
         try:
             return await asyncio.get_running_loop().run_in_executor(self.worker, self.predictor, images)
