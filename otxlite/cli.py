@@ -296,8 +296,6 @@ def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, ma
     if engine == "local" and any(value is not None for value in ray_options.values()):
         raise click.UsageError("--replicas, --min-replicas, --max-replicas, --max-queued-requests and --ray-address "
                                "go with --engine ray.")
-    if replicas is not None and (min_replicas is not None or max_replicas is not None):
-        raise click.UsageError("give --replicas, or --min-replicas and --max-replicas for autoscaling, not both.")
     click.echo(f"Serving {load_weights} on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
     Engine(device=device).serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue,
                                 max_body_mb, ray=RayScaling(**ray_options) if engine == "ray" else None)

@@ -25,19 +25,24 @@ README = """# {name}: an otxlite detector
 category_name, bbox as x, y, w, h in pixels, score, and for instance segmentation `segmentation` as
 COCO RLE). In Python: `from run import Detector, paste_mask; boxes, scores, labels, masks =
 Detector()(rgb_array)`; masks is None for detection, else each box's 28x28 mask probabilities, and
-`paste_mask(masks[i], boxes[i], height, width)` gives detection i's mask in the image.
+`paste_mask(masks[i], boxes[i], height, width)` gives detection i's mask in the image. The model takes
+one RGB image as [1, 3, H, W] float32 in 0..1 at any size; resizing, normalisation and NMS are inside
+it. Files: model/openvino.xml + .bin, model/label_schema.json (label ids and names), model/config.json.
 
 To serve it over HTTP as `otxlite serve` does (POST /predict, a page at /, /health, /ready, /model,
-/metrics, KServe v2; `--help` lists the options):
+/metrics, KServe v2; `--help` lists the options), with serve.py and serve_page.html:
 
     .venv/bin/pip install -r requirements-serve.txt
     .venv/bin/python serve.py [--host 127.0.0.1] [--port 8000]
-
-The model takes
-one RGB image as [1, 3, H, W] float32 in 0..1 at any size; resizing, normalisation and NMS are inside
-it. Files: model/openvino.xml + .bin, model/label_schema.json (label ids and names), model/config.json,
-run.py, serve.py and serve_page.html.
 """
+
+
+def pinned(name):
+    """name==the installed version; the bare name where otxlite runs without it (no `serve` extra)."""
+    try:
+        return f"{name}=={importlib.metadata.version(name)}"
+    except importlib.metadata.PackageNotFoundError:
+        return name
 
 
 def deploy(model_path, output):
@@ -58,13 +63,8 @@ def deploy(model_path, output):
     readme = README.format(name=output.stem, labels=", ".join(label["name"] for label in predictor.schema["labels"]),
                            template=predictor.template["id"], precision=config.get("precision", "FP32"),
                            threshold=predictor.confidence_threshold, version=__version__)
-    requirements = "".join(f"{name}=={importlib.metadata.version(name)}\n" for name in ("openvino", "numpy", "pillow"))
-    try:
-        serve_requirements = "-r requirements.txt\n" + "".join(f"{name}=={importlib.metadata.version(name)}\n"
-                                                             for name in SERVER_PACKAGES)
-    except importlib.metadata.PackageNotFoundError as err:
-        raise OtxliteError(f"deploy packages serve.py with the server packages this otxlite runs, and {err.name} is "
-                           f"not installed: pip install 'otxlite[serve]'.") from None
+    requirements = "".join(f"{pinned(name)}\n" for name in ("openvino", "numpy", "pillow"))
+    serve_requirements = "-r requirements.txt\n" + "".join(f"{pinned(name)}\n" for name in SERVER_PACKAGES)
 
     def write(file):
         with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as package:

@@ -55,6 +55,10 @@ class RayScaling:
     max_queued_requests: int | None = None
     address: str | None = None
 
+    def __post_init__(self):
+        if self.replicas is not None and (self.min_replicas is not None or self.max_replicas is not None):
+            raise ArgumentError("give --replicas, or --min-replicas and --max-replicas for autoscaling, not both.")
+
 
 def serve(model_path, host="127.0.0.1", port=8000, device="auto", limits=Limits(), threshold=None, ray=None):
     """Run the service until SIGTERM or Ctrl-C, which finish the requests in flight and refuse new ones.

@@ -230,3 +230,10 @@ def test_a_throughput_predictor_is_freed_once_dropped(exported):
     del predictor
     gc.collect()
     assert dropped() is None
+
+
+def test_deploy_pins_what_is_installed_and_names_what_is_not():
+    from otxlite.deploy import pinned
+
+    assert pinned("numpy") == f"numpy=={np.__version__}"
+    assert pinned("a-package-nobody-installed") == "a-package-nobody-installed"

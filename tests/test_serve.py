@@ -348,3 +348,11 @@ def test_the_deploy_package_serves_in_a_fresh_venv_without_torch_as_otxlite_serv
     assert "otxlite_batch_size_bucket" in requests.get(packaged.url + "/metrics", timeout=10).text
     packaged.process.send_signal(signal.SIGTERM)
     assert packaged.process.wait(60) == 0
+
+
+def test_ray_options_need_engine_ray_and_replicas_or_autoscaling_not_both(otxlite, tmp_path):
+    status, _, err = otxlite("serve", "--load-weights", tmp_path / "m.xml", "--replicas", "2")
+    assert status == 2 and "go with --engine ray" in err
+    status, _, err = otxlite("serve", "--load-weights", tmp_path / "m.xml", "--engine", "ray", "--replicas", "2",
+                             "--max-replicas", "3")
+    assert status == 2 and "not both" in err and "Traceback" not in err
