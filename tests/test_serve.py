@@ -196,6 +196,16 @@ def test_a_missing_model_file_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and "nope.xml: file not found" in result.stderr and "Traceback" not in result.stderr
 
 
+def close(records, expected):
+    """The same detections, to 1 px and 0.01 of score."""
+    def key(record):
+        return record["category_id"], record["bbox"]
+    return len(records) == len(expected) and all(
+        a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) <= 0.01
+        and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"])) <= 1
+        for a, b in zip(sorted(records, key=key), sorted(expected, key=key)))
+
+
 @pytest.fixture
 def ray_stopped_after():
     """Whatever happens to the test, no Ray process outlives it (a driver killed mid-start leaves Ray's)."""
@@ -229,7 +239,10 @@ def test_ray_serve_replicas_answer_as_the_embedded_server_and_a_killed_replica_i
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: running.predict(threshold=0.05), range(8)))
     assert [answer.status_code for answer in answers] == [200] * 8
-    assert all(answer.json() == expected for answer in answers)
+    # the replacement replica compiles the model anew: its answers have matched to the digit, and in 1 run of 4
+    # differed in the last digits, so after the kill they are compared to 1 px and 0.01 of score
+    for answer in answers:
+        assert close(answer.json(), expected)
     assert requests.get(running.url + "/", timeout=30).text.startswith("<!doctype html>")
 
     running.process.send_signal(signal.SIGTERM)
