@@ -100,7 +100,7 @@ class Detections:
     def to_coco(self, image_id=1, file_name=None):
         """COCO results, as `otxlite predict` writes them (bbox x, y, w, h; file_name, category_name; RLE
         segmentation for masks)."""
-        from otxlite.inference import detection_record
+        from otxlite.predictions import detection_record
 
         if file_name is None:
             file_name = self.source.name if self.source else ""
@@ -375,13 +375,23 @@ class Engine:
         """Detections for source (see Model.predict) with model (default: the last one written)."""
         return self.load(model).predict(source, threshold, batch_size)
 
-    def predict_to_file(self, source, output, model=None, output_format=None, threshold=None, batch_size=8):
-        """Detections for an image or a folder written as COCO results JSON or CSV (`otxlite predict`); returns
-        the path. Streams: memory does not grow with the number of images."""
-        from otxlite.inference import predict_files
+    def predict_to_file(self, source, output, model=None, output_format=None, threshold=None, batch_size=8,
+                        resume=False, engine="local", workers=None, gpus_per_worker=0, ray_address=None):
+        """Detections for an image, a folder, a glob pattern or a .txt list of images, written as COCO results
+        JSON, CSV or a folder of Parquet shards (`otxlite predict`; the format by output's suffix unless given;
+        no suffix: Parquet); returns the path. resume: predict only the images a Parquet folder lacks.
+        engine "ray": on Ray Data, workers actors (default: one per CPU of the cluster), each with gpus_per_worker
+        GPUs, on the cluster at ray_address (default: a local Ray)."""
+        from otxlite.inference import RayWorkers, predict_files
 
-        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), "the input": source})
-        return predict_files(self._model(model), source, output, output_format, threshold, batch_size, self.device)
+        if engine not in ("local", "ray"):
+            raise ArgumentError(f"engine '{engine}': choose local or ray.")
+        if engine == "local" and (workers or gpus_per_worker or ray_address):
+            raise ArgumentError("--workers, --gpus-per-worker and --ray-address go with --engine ray.")
+        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), **image_inputs(source)})
+        ray = RayWorkers(workers, gpus_per_worker, ray_address) if engine == "ray" else None
+        return predict_files(self._model(model), source, output, output_format, threshold, batch_size, self.device,
+                             resume, ray)
 
     def demo(self, source, model=None, output=None, threshold=None):
         """Annotated copies of an image, a folder's images or a video; returns the output folder (default:
@@ -390,7 +400,7 @@ class Engine:
 
         model = self._model(model)
         output = Path(output) if output else model.parent / "demo"
-        refuse_overwriting({"--output": output}, {**model_inputs(model), "the input": source})
+        refuse_overwriting({"--output": output}, {**model_inputs(model), **image_inputs(source)})
         return demo(model, source, output, threshold, self.device)
 
     def serve(self, model=None, host="127.0.0.1", port=8000, threshold=None, max_batch_size=8, batch_wait_ms=5,
@@ -434,6 +444,22 @@ def model_inputs(model):
     beside = [model.with_suffix(".bin")] if model.suffix == ".xml" else []
     beside += [model.parent / name for name in STAGE_FILES]
     return {"the model": model, **{f"the model's {path.name}": path for path in beside if path.exists()}}
+
+
+def image_inputs(source):
+    """{what: path} of an image input: the path, and for a glob pattern or a .txt list the folders of its images
+    (they are not inside the path given)."""
+    from otxlite.inference import image_files
+
+    inputs, path = {"the input": source}, Path(source)
+    if path.is_dir() or (path.is_file() and path.suffix.lower() != ".txt"):
+        return inputs
+    try:
+        files, root = image_files(source)
+    except OtxliteError:  # the command reports it, in its own words
+        return inputs
+    folders = {root: root, **{file.parent: file for file in files}}
+    return {**inputs, **{f"the folder of {example}": folder for folder, example in folders.items()}}
 
 
 def metadata_files(folder):

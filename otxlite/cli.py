@@ -27,7 +27,9 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
     "demo": ["otxlite demo --load-weights runs/quickstart/optimize/openvino.xml --input samples/bccd/JPEGImages "
              "--output runs/demo"],
     "predict": ["otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input "
-                "samples/bccd/JPEGImages --output predictions.json"],
+                "samples/bccd/JPEGImages --output predictions.json",
+                "otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input 'samples/bccd/JPEGImages/"
+                "*.jpg' --output predictions/ --engine ray --workers 2     # Parquet shards; --resume continues"],
     "serve": ["otxlite serve --load-weights runs/quickstart/optimize/openvino.xml --port 8000     # then: curl -F "
               "image=@samples/bccd/JPEGImages/BloodImage_00000.jpg http://127.0.0.1:8000/predict"],
     "deploy": ["otxlite deploy --load-weights runs/quickstart/optimize/openvino.xml --output deploy.zip"],
@@ -236,7 +238,8 @@ def optimize(load_weights, data, output, method, subset_size, preset, max_accura
 @cli.command(epilog=epilog("demo"))
 @click.option("--load-weights", required=True, type=click.Path(),
               help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
-@click.option("--input", "input_path", required=True, type=click.Path(), help="An image, a folder of images, or a video.")
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="An image, a folder of images, a quoted glob pattern, a .txt list of images, or a video.")
 @click.option("--output", "-o", type=click.Path(), help="Folder for the annotated copies.  [default: demo/ beside the model]")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Draw boxes scoring above this.  [default: the model's]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -249,17 +252,29 @@ def demo(load_weights, input_path, output, threshold, device):
 @cli.command(epilog=epilog("predict"))
 @click.option("--load-weights", required=True, type=click.Path(),
               help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
-@click.option("--input", "input_path", required=True, type=click.Path(), help="An image or a folder of images.")
-@click.option("--output", "-o", type=click.Path(), default="predictions.json", show_default=True)
-@click.option("--format", "output_format", type=click.Choice(["json", "csv"]),
-              help="COCO results JSON or CSV.  [default: by the --output suffix, else json]")
+@click.option("--input", "input_path", required=True,
+              help="An image, a folder of images, a quoted glob pattern ('shots/**/*.jpg') or a .txt list of images.")
+@click.option("--output", "-o", type=click.Path(), default="predictions.json", show_default=True,
+              help="A .json or .csv file, or a folder (no suffix) of Parquet shards.")
+@click.option("--format", "output_format", type=click.Choice(["json", "csv", "parquet"]),
+              help="COCO results JSON, CSV or Parquet.  [default: by the --output suffix; none: parquet]")
+@click.option("--resume", is_flag=True, help="Predict only the images the --output Parquet folder lacks.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Keep detections scoring above this.  [default: the model's]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def predict(load_weights, input_path, output, output_format, threshold, batch_size, device):
-    """Detections for a folder of images, as COCO results JSON or CSV."""
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: Ray Data, the model in an actor pool (pip install 'otxlite[ray]').")
+@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: model actors.  "
+              "[default: one per CPU of the cluster, or per GPU with --gpus-per-worker]")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="With --engine ray: GPUs each actor takes (e.g. 1, or 0.5 to share one).")
+@click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
+def predict(load_weights, input_path, output, output_format, resume, threshold, batch_size, device, engine, workers,
+            gpus_per_worker, ray_address):
+    """Detections for images, as COCO results JSON, CSV or Parquet shards; locally or on Ray Data."""
     setup_logging()
-    Engine(device=device).predict_to_file(input_path, output, load_weights, output_format, threshold, batch_size)
+    Engine(device=device).predict_to_file(input_path, output, load_weights, output_format, threshold, batch_size,
+                                          resume, engine, workers, gpus_per_worker, ray_address)
 
 
 @cli.command(epilog=epilog("serve"))
@@ -340,6 +355,9 @@ def convert(data, target, output, **paths):
     click.echo(f"Wrote {Engine(data, **paths).convert_data(output)}")
 
 
+INTERRUPTED = "Interrupted. Continue with --resume: a training run, or predictions into a Parquet folder."
+
+
 def main():
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:
@@ -347,14 +365,14 @@ def main():
     except OtxliteError as err:
         click.echo(f"Error: {user_message(err)}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
+    except click.exceptions.Abort as err:  # click's form of Ctrl-C (KeyboardInterrupt), or of a refused prompt
+        click.echo(INTERRUPTED if isinstance(err.__context__, KeyboardInterrupt) else "Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        click.echo("\nInterrupted. Continue a training run with --resume.", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except Exception as err:  # the last resort: one line, and the way to the traceback
         if "--debug" in sys.argv[1:]:

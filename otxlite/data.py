@@ -27,7 +27,7 @@ from otxlite.formats.base import decode_image, decode_reporting_truncation, ends
 
 __all__ = ["DataError", "Sample", "SplitSpec", "DetectionDataset", "GroupedBatchSampler", "check_split",
            "hold_out_val", "label_schema", "load_split", "load_splits", "make_loader", "read_data_yaml",
-           "require_splits", "split_specs", "write_data_yaml"]
+           "require_splits", "split_specs", "to_ray_dataset", "write_data_yaml"]
 log = logging.getLogger("otxlite")
 SPLITS = ("train", "val", "test")
 SPEC_KEYS = {"ann-files": "ann_files", "data-roots": "data_roots", "format": "format", "subset": "subset",
@@ -646,3 +646,36 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
             return batch
         each = max(math.ceil(len(batch) / self.world_size), min(2, self.batch_size))
         return [batch[i % len(batch)] for i in range(each * self.world_size)][self.rank::self.world_size]
+
+
+# ---------------------------------------------------------------- Ray side
+
+
+def to_ray_dataset(data, split="train", masks=False):
+    """A split of a data.yaml (any supported format) as a Ray Dataset, for pipelines of your own on Ray Data.
+
+    Rows: image (HxWx3 uint8 RGB, EXIF-oriented), boxes ([N, 4] float32 x1, y1, x2, y2 pixels), labels ([N] int64
+    label-schema ids: 1.. in the order train gives the classes), names ([N] class names), file_name, and with
+    masks=True masks ([N, H, W] uint8 instance masks; the annotations must give shapes). The split is checked and
+    cleaned as training does (warnings counted); crowd and difficult regions are left out. Ray tasks decode the
+    images as the dataset is consumed. Needs `pip install 'otxlite[ray]'`.
+    """
+    try:
+        import ray.data
+    except ModuleNotFoundError:
+        raise OtxliteError("to_ray_dataset needs Ray Data: pip install 'otxlite[ray]'.") from None
+    specs = split_specs(data)
+    require_splits(specs, split)
+    splits, schema = load_splits(specs, task="instance_segmentation" if masks else None)
+    dataset = DetectionDataset(splits[split].samples, schema, masks=masks)
+    names = {label["id"]: label["name"] for label in schema["labels"]}
+
+    def row(item):
+        image, target = dataset.load(item["index"])
+        labels = target["labels"].numpy()
+        return {"image": image.permute(1, 2, 0).numpy(), "boxes": target["boxes"].numpy(), "labels": labels,
+                "names": [names[int(label)] for label in labels],
+                "file_name": str(dataset.samples[item["index"]].image),
+                **({"masks": target["masks"].numpy()} if masks else {})}
+
+    return ray.data.from_items([{"index": i} for i in range(len(dataset))]).map(row)

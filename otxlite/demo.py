@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from otxlite import OtxliteError
 from otxlite.files import make_folder, write_atomic
-from otxlite.inference import detect_images, image_files
+from otxlite.inference import detect_images, file_name, image_files
 from otxlite.predictors import load_predictor
 from otxlite.visualize import draw_detections
 
@@ -34,7 +34,8 @@ def demo(model_path, input_path, output, threshold=None, device="auto"):
         return output
     files, root = image_files(input_path)
     for _, path, image, detections in detect_images(predictor, files, batch_size=1):
-        target = output / path.relative_to(root)
+        # a listed image outside the list's folder keeps its path below output, never above it
+        target = output.joinpath(*[part for part in Path(file_name(path, root)).parts if part not in ("..", "/")])
         save_image(draw_detections(Image.fromarray(image), detections, predictor.schema, threshold), target)
         log.info("%s: %s -> %s", path, summary(detections, threshold, predictor.schema), target)
     return output

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 from otxlite import OtxliteError, setup_logging
+from otxlite.ray_cluster import init_ray
 
 log = logging.getLogger("otxlite")
 TIMEOUT = datetime.timedelta(minutes=30)  # a collective that waits longer than this fails instead of hanging
@@ -156,9 +157,8 @@ def launch_ray(function, arguments, workers, device, address, storage):
     except ImportError:
         raise OtxliteError("--engine ray needs Ray Train: pip install 'otxlite[ray]' (or 'ray[train]').") from None
     use_gpu = device.type == "cuda"
-    local = {"include_dashboard": False, "num_cpus": os.cpu_count()} if address is None else {}
     # print() stays print(): Ray's patch would log what pycocotools prints into a StringIO
-    ray.init(address=address, runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}, **local)
+    init_ray(address, runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     trainer = TorchTrainer(
         ray_worker, train_loop_config={"function": function, "arguments": arguments},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),

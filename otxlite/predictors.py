@@ -97,13 +97,16 @@ def exported_input(image):
 class OnnxPredictor(ExportedPredictor):
     """model.onnx in ONNX Runtime: the CUDA provider when the device is a GPU, else the CPU."""
 
-    def __init__(self, path, device):
+    def __init__(self, path, device, threads=None):
         import onnxruntime
 
         cuda = device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
         try:
-            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable files
             raise ModelFileError(f"{path}: not a readable ONNX model ({cause(err)}).") from None
         super().__init__(path, self.session.get_modelmeta().custom_metadata_map, device)
@@ -121,7 +124,7 @@ class OpenVinoPredictor(ExportedPredictor):
     this thread starts and waits for: no Python callback runs on OpenVINO's threads.
     """
 
-    def __init__(self, path, device, inference_precision="f32", throughput=False):
+    def __init__(self, path, device, inference_precision="f32", throughput=False, threads=None):
         import openvino
 
         core = openvino.Core()
@@ -139,6 +142,8 @@ class OpenVinoPredictor(ExportedPredictor):
         hints = {"INFERENCE_PRECISION_HINT": inference_precision} if inference_precision else {}
         if throughput:
             hints["PERFORMANCE_HINT"] = "THROUGHPUT"
+        if threads:
+            hints["INFERENCE_NUM_THREADS"] = threads
         with signal_stack_kept():
             self.compiled = core.compile_model(model, "CPU", hints)
             parallel = self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if throughput else 0
@@ -197,10 +202,11 @@ def cause(err):
     return " ".join(said or lines[-1:] or [type(err).__name__])
 
 
-def load_predictor(path, device="auto", throughput=False):
+def load_predictor(path, device="auto", throughput=False, threads=None):
     """The predictor for a model file, by its suffix; label_schema.json must sit beside it.
 
     throughput=True: OpenVINO runs a call's images as parallel requests (for batch prediction).
+    threads: how many CPU threads the model may use (default: the runtime's choice, every core).
     """
     from otxlite.models import model_from_checkpoint
 
@@ -208,14 +214,16 @@ def load_predictor(path, device="auto", throughput=False):
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found.")
     if path.suffix == ".pth":
+        if threads:
+            torch.set_num_threads(threads)
         checkpoint = load_weights(path)
         schema = read_label_schema(path, expected=checkpoint["labels"])
         model = model_from_checkpoint(checkpoint, path)
         return TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"], device)
     if path.suffix == ".xml":
-        return OpenVinoPredictor(path, device, throughput=throughput)
+        return OpenVinoPredictor(path, device, throughput=throughput, threads=threads)
     if path.suffix == ".onnx":
-        return OnnxPredictor(path, device)
+        return OnnxPredictor(path, device, threads)
     raise ModelFileError(f"{path}: unknown model file type '{path.suffix}'. "
                        f"Pass a weights.pth, model.onnx or openvino.xml.")
 

@@ -7,7 +7,6 @@ between a minimum and a maximum, and replaces a replica whose process dies.
 """
 
 import logging
-import os
 import signal
 import threading
 import traceback
@@ -19,6 +18,7 @@ from ray.serve.schema import LoggingConfig
 
 from otxlite import ModelFileError, OtxliteError
 from otxlite.files import read_label_schema
+from otxlite.ray_cluster import init_ray
 from otxlite.serve import LoadedModel
 from otxlite.service import Batcher, create_app
 
@@ -71,9 +71,7 @@ def serve_on_ray(model_path, host, port, device, limits, threshold, scaling):
         serve.ingress()(Replica), name="otxlite", max_ongoing_requests=2 * limits.max_batch_size,
         max_queued_requests=scaling.max_queued_requests or limits.max_queue,
         ray_actor_options={"num_cpus": 1, "num_gpus": 1 if device == "cuda" else 0}, logging_config=QUIET, **replicas)
-    # "local": a Ray instance of its own, not one that another program left running on this machine
-    local = {"include_dashboard": False, "num_cpus": os.cpu_count()} if scaling.address is None else {}
-    ray.init(address=scaling.address or "local", logging_level="warning", **local)
+    init_ray(scaling.address, logging_level="warning")
     stopped = threading.Event()
     for stop in (signal.SIGTERM, signal.SIGINT):  # in place of ray.init's handler, which exits at once
         signal.signal(stop, lambda *_: stopped.set())

@@ -140,6 +140,14 @@ def otxlite_subprocess():
 
 
 @pytest.fixture
+def ray_stopped_after():
+    """Whatever happens to the test, no Ray process outlives it (a driver killed mid-run leaves Ray's)."""
+    yield
+    subprocess.run([sys.executable, "-c", "from ray.scripts.scripts import main; main()", "stop", "--force"],
+                   capture_output=True, timeout=120)
+
+
+@pytest.fixture
 def voc_copy(tmp_path):
     """Train and val as folders of XML files and images, with their data.yaml."""
     for split, count in (("train", 4), ("val", 2)):

@@ -108,9 +108,14 @@ def test_predict_and_demo_errors_name_the_input(exported, tmp_path):
         predict_files(xml, tmp_path / "empty", tmp_path / "p.json")
     with pytest.raises(OtxliteError, match="not found"):
         predict_files(xml, tmp_path / "missing", tmp_path / "p.json")
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x.jpg\n")  # a .txt file lists images
+    with pytest.raises(OtxliteError, match="none of the 1 files it lists exists"):
+        predict_files(xml, tmp_path / "notes.txt", tmp_path / "p.json")
+    (tmp_path / "notes.md").write_text("x")
     with pytest.raises(OtxliteError, match="not an image file"):
-        demo(xml, tmp_path / "notes.txt", tmp_path / "out")
+        predict_files(xml, tmp_path / "notes.md", tmp_path / "p.json")
+    with pytest.raises(OtxliteError, match="not an image file"):
+        demo(xml, tmp_path / "notes.md", tmp_path / "out")
     (tmp_path / "clip.mp4").write_text("not a video")
     with pytest.raises(OtxliteError, match="cannot open the video"):
         demo(xml, tmp_path / "clip.mp4", tmp_path / "out")

@@ -400,9 +400,12 @@ def coco_case(mutate, fragment):
 def output_is_a_folder(command):
     def case(root, model):
         (root / "out").mkdir()
-        extra = ["--input", root / "train"] if command == "predict" else []
         model_file = model.parent.parent / "export" / "openvino.xml" if command == "deploy" else model
-        return [command, "--load-weights", model_file, *extra, "--output", root / "out"], [
+        if command == "predict":  # a folder is where Parquet shards go: refused when it holds other files
+            (root / "out" / "notes.txt").write_text("mine")
+            return [command, "--load-weights", model_file, "--input", root / "train", "--output", root / "out"], [
+                f"{root / 'out'} holds other files (notes.txt); Parquet shards go into a new or empty folder"]
+        return [command, "--load-weights", model_file, "--output", root / "out"], [
             f"{root / 'out'} is a folder; give the path of a file"]
     return case
 

@@ -334,6 +334,19 @@ def test_otxlite_serve_answers_masks_as_predict_writes_them(fitted_segmenter, na
     assert answer.status_code == 200 and answer.json() == expected
 
 
+def test_ray_engine_writes_the_masks_the_local_engine_writes(fitted_segmenter, tmp_path, ray_stopped_after):
+    pytest.importorskip("ray.data")
+    from otxlite.inference import RayWorkers
+    from otxlite.predictions import read_predictions
+
+    model, images = fitted_segmenter[0] / "export" / "openvino.xml", fitted_segmenter[0] / "images"
+    predict_files(model, images, tmp_path / "local", threshold=0.05)
+    predict_files(model, images, tmp_path / "ray", threshold=0.05, ray=RayWorkers(workers=2), batch_size=1)
+    rows = read_predictions(tmp_path / "ray")
+    assert len(rows) == 2 and all(row["segmentation"] and len(row["segmentation"]) == len(row["score"]) for row in rows)
+    assert rows == read_predictions(tmp_path / "local")
+
+
 def test_exported_masks_match_pytorch_on_every_backend(fitted_segmenter):
     """Every confident detection has a partner on ONNX Runtime and OpenVINO whose mask IoU is at least 0.98,
     on images of several sizes and aspect ratios."""

@@ -206,14 +206,6 @@ def close(records, expected):
         for a, b in zip(sorted(records, key=key), sorted(expected, key=key)))
 
 
-@pytest.fixture
-def ray_stopped_after():
-    """Whatever happens to the test, no Ray process outlives it (a driver killed mid-start leaves Ray's)."""
-    yield
-    subprocess.run([sys.executable, "-c", "from ray.scripts.scripts import main; main()", "stop", "--force"],
-                   capture_output=True, timeout=120)
-
-
 @FASTER_RCNN
 def test_ray_serve_replicas_answer_as_the_embedded_server_and_a_killed_replica_is_replaced(exported, ray_stopped_after,
                                                                                           server):
