@@ -1,5 +1,5 @@
-"""Accuracy from random initialisation: each recipe trained on a dataset's train split (best epoch by val
-mAP@0.5), then evaluated on its test split with `otxlite eval`'s figures, per class included.
+"""Accuracy from random initialisation: each recipe trained on a dataset's train split (the epoch train's
+best-epoch rule keeps), then evaluated on its test split with `otxlite eval`'s figures, per class included.
 
 Usage: python benchmarks/accuracy.py [--recipes NAME ...] [--dataset bccd|coco-person] [--epochs N] [--output DIR]
 

@@ -21,6 +21,8 @@ from otxlite.files import read_json, refuse_overwriting
 __all__ = ["Engine", "Run", "Evaluation", "Detections", "Model", "load", "find", "OtxliteError", "DataError",
            "ModelFileError", "TemplateError", "ArgumentError"]
 log = logging.getLogger("otxlite")
+# train's --augmentation: the template's recipe, or one in its place (a params override of augmentation)
+AUGMENTATION = {"default": None, "flip": "{RandomHorizontalFlip: {p: 0.5}}", "none": "{}"}
 STAGE_FILES = ("label_schema.json", "config.json", "performance.json")  # what a stage writes beside its model
 
 
@@ -272,10 +274,11 @@ class Engine:
         return Path(model)
 
     def train(self, template=None, output=None, params=None, pretrained=True, load_weights=None, seed=0,
-              resume=False, val_split=None, augmentation="template", devices=1, engine="local", workers=None,
+              resume=False, val_split=None, augmentation="default", devices=1, engine="local", workers=None,
               ray_address=None):
         """Train template (an id or a template.yaml path; None: chosen from the data, or the run's own with
         resume) into output (default: work_dir). params: overrides as {"learning_parameters.num_iters": 5}.
+        augmentation: "default" (the template's recipe), "flip" (horizontal flips only) or "none".
         Returns a Run: model weights.pth, figures {"epoch", "confidence_threshold", and the val mAPs}."""
         from otxlite.templates import parse_overrides, resolve_template
         from otxlite.train import train as run_training
@@ -286,15 +289,15 @@ class Engine:
             raise ArgumentError("With --engine ray, give the number of processes as --workers N.")
         if engine == "local" and (workers or ray_address):
             raise ArgumentError("--workers and --ray-address are for --engine ray; train locally with --devices N.")
-        if augmentation not in ("template", "none"):
-            raise ArgumentError(f"augmentation '{augmentation}': choose template or none.")
+        if augmentation not in AUGMENTATION:
+            raise ArgumentError(f"augmentation '{augmentation}': choose {', '.join(AUGMENTATION)}.")
         output = Path(output) if output else self.work_dir
         # train --resume writes into the run folder it reads, as its contract says; nothing else may be written over
         refuse_overwriting({"--output": output}, {**self.data_inputs(), **model_inputs(load_weights)}
                            if not resume else self.data_inputs())
         overrides = parse_overrides(params)
-        if augmentation == "none":
-            overrides = {"augmentation": "{}", **overrides}
+        if AUGMENTATION[augmentation] is not None:
+            overrides = {"augmentation": AUGMENTATION[augmentation], **overrides}
         resolved = None
         if not resume:
             resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()

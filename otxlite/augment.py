@@ -68,8 +68,16 @@ TRANSFORMS = {name: getattr(v2, name) for name in (
     "RandomPhotometricDistort", "ColorJitter", "RandomZoomOut", "RandomIoUCrop", "ScaleJitter",
     "RandomShortestSize", "RandomResizedCrop", "RandomCrop", "Resize", "RandomHorizontalFlip",
     "RandomVerticalFlip", "RandomGrayscale", "GaussianBlur")} | {"Mosaic": Mosaic}
+HEAVY = ("Mosaic", "RandomIoUCrop", "RandomZoomOut", "ScaleJitter", "RandomResizedCrop")  # off in the last epochs
 SEQUENCE_ARGS = ("side_range", "target_size", "scale_range", "brightness", "contrast", "saturation", "hue",
                  "sampler_options", "center_range", "kernel_size", "sigma", "scale", "ratio", "min_size", "size")
+
+
+def without_heavy(augmentation):
+    """augmentation less Mosaic and the heavy geometric transforms (HEAVY), as Ultralytics' close_mosaic trains the
+    last epochs on images like those the model will see; None when it uses none of them."""
+    light = {name: args for name, args in augmentation.items() if name not in HEAVY or args is False}
+    return light if len(light) < len(augmentation) else None
 
 
 def build_transform(name, args):

@@ -136,8 +136,8 @@ def relative(path):
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--val-split", type=float, help="Hold out this fraction of train as val (seeded by --seed); "
               "the split is saved as OUTPUT/data.yaml for later stages.")
-@click.option("--augmentation", type=click.Choice(["template", "none"]), default="template", show_default=True,
-              help="The template's training augmentation, or none at all (not even flips).")
+@click.option("--augmentation", type=click.Choice(["default", "flip", "none"]), default="default", show_default=True,
+              help="The template's training recipe, horizontal flips only, or no augmentation at all.")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template ids.")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train in this many processes on this machine with DistributedDataParallel: one per GPU "

@@ -574,11 +574,11 @@ def sample_seed(seed, epoch, index):
 
 
 def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=None, input_size=None, masks=False,
-                rank=0, world_size=1):
+                rank=0, world_size=1, repeats=1):
     """Batches of (uint8 images, targets); training batches are shuffled, augmented by pipeline and grouped by
-    shape, and in a process group dealt out to the ranks (see GroupedBatchSampler). input_size (models.InputSize)
-    is the model's resizing, at whose scale multi-image transforms work. masks: targets hold instance masks
-    (training an instance-segmentation model).
+    shape, and in a process group dealt out to the ranks (see GroupedBatchSampler); an epoch passes over the
+    training images `repeats` times. input_size (models.InputSize) is the model's resizing, at whose scale
+    multi-image transforms work. masks: targets hold instance masks (training an instance-segmentation model).
 
     The loader's own generator keeps it from drawing on the global random state, so that state (which
     the model's sampling uses) is the same whether a run started fresh or resumed.
@@ -587,9 +587,17 @@ def make_loader(samples, schema, params, device, train=False, seed=0, pipeline=N
     common = {"num_workers": params["num_workers"], "collate_fn": collate, "pin_memory": device.type == "cuda",
               "persistent_workers": params["num_workers"] > 0, "generator": torch.Generator().manual_seed(seed)}
     if train:
-        sampler = GroupedBatchSampler(samples, params["batch_size"], seed, rank, world_size)
+        sampler = GroupedBatchSampler(samples, params["batch_size"], seed, rank, world_size, repeats)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
     return torch.utils.data.DataLoader(dataset, batch_size=params["batch_size"], shuffle=False, **common)
+
+
+def adaptive_repeats(images, batch_size):
+    """Passes over a training set of `images` per epoch, as OTX's adaptive repeat sets them: floor(max(5 - 0.7 *
+    sqrt(iterations per epoch - 1), 1)). A small set gets more steps per epoch (80 images at batch 16: 3 passes,
+    205: 2, 700 or more: 1), so a schedule of epochs trains it long enough."""
+    iterations = math.ceil(images / batch_size)
+    return math.floor(max(5 - 0.7 * math.sqrt(iterations - 1), 1))
 
 
 def collate(batch):
@@ -599,17 +607,19 @@ def collate(batch):
 class GroupedBatchSampler(torch.utils.data.Sampler):
     """Shuffled batches whose images are all wide or all tall, so padding wastes little.
 
-    The order depends only on (seed, epoch), so a resumed run sees the same batches. Each batch lists
-    (image index, epoch) pairs, which carry the epoch to the dataset in whichever worker decodes it.
+    An epoch is `repeats` passes over the images, pass p of epoch e numbered e * repeats + p. The order depends
+    only on (seed, pass), so a resumed run sees the same batches. Each batch lists (image index, pass) pairs,
+    which carry the pass (the epoch, with one pass an epoch) to the dataset in whichever worker decodes it, so an
+    image repeated in an epoch is augmented anew.
     In a process group of world_size (DDP), the batches are those of one process with batch_size * world_size,
     each dealt out in equal parts, part `rank` to this process: every rank gets the same number of batches.
     A batch too short to give each rank as many images (and two where batch_size allows) is topped up by
     repeating its own images, as DistributedSampler pads.
     """
 
-    def __init__(self, samples, batch_size, seed, rank=0, world_size=1):
+    def __init__(self, samples, batch_size, seed, rank=0, world_size=1, repeats=1):
         self.wide = np.array([s.width >= s.height for s in samples])
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+        self.batch_size, self.seed, self.epoch, self.repeats = batch_size, seed, 0, repeats
         self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch):
@@ -622,7 +632,10 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
         return len(self.batches())
 
     def batches(self):
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return [batch for done in range(self.repeats) for batch in self.pass_batches(self.epoch * self.repeats + done)]
+
+    def pass_batches(self, number):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + number)
         order = torch.randperm(len(self.wide), generator=generator).numpy()
         size, batches = self.batch_size * self.world_size, []
         for wide in (True, False):
@@ -637,7 +650,7 @@ class GroupedBatchSampler(torch.utils.data.Sampler):
             if len(batch) == 1:  # (unless an earlier lone image joined it)
                 batches = [b for b in batches if b is not batch]
                 batches[0] += batch
-        return [[(index, self.epoch) for index in self.part(batches[i])]
+        return [[(index, number) for index in self.part(batches[i])]
                 for i in torch.randperm(len(batches), generator=generator).tolist()]
 
     def part(self, batch):

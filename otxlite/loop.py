@@ -1,5 +1,6 @@
 """The training loop's parts, shared by `otxlite train` and quantization-aware training in `otxlite optimize`:
-one epoch of SGD, BatchNorm re-estimation, the learning-rate schedule and confidence-threshold tuning."""
+one epoch of SGD, the weights' moving average, BatchNorm re-estimation, the learning-rate schedule, the best-epoch
+rule and confidence-threshold tuning."""
 
 import contextlib
 import logging
@@ -44,10 +45,32 @@ def lr_schedule(params, iters_per_epoch):
     return factor
 
 
-def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, epochs, frozen_batchnorm=False):
+def moving_average(model, settings):
+    """An exponential moving average of model's weights (torch.optim.swa_utils.AveragedModel) as Ultralytics and
+    timm keep one, or None when settings (a template's ema section) disable it.
+
+    The decay warms up as in timm's ModelEmaV3: min(decay, 1 - (1 + t) ** -power) after t updates. The average
+    spans about t ** power updates, so it follows the weights closely early on and smooths more as the run goes;
+    a run of a few hundred updates on a small dataset still gets an average over the last epochs. BatchNorm's
+    statistics are not averaged: they are re-estimated for the averaged weights before each validation.
+    """
+    if not settings["enable"]:
+        return None
+    decay, power = settings["decay"], settings["power"]
+
+    def update(averaged, current, updates):
+        weight = 1 - min(decay, 1 - (1 + int(updates)) ** -power)
+        torch._foreach_lerp_(averaged, current, weight)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=False)
+
+
+def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, epochs, frozen_batchnorm=False,
+                    ema=None):
     """One pass over loader; returns the mean of each loss term and of their sum ('loss').
 
-    frozen_batchnorm: BatchNorm layers normalise with their running statistics and keep them.
+    frozen_batchnorm: BatchNorm layers normalise with their running statistics and keep them. ema (an
+    AveragedModel) is updated after each step.
     """
     model.train()
     if frozen_batchnorm:
@@ -69,6 +92,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, epoch, 
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         for name, value in loss_terms.items():
             sums[name] = sums.get(name, 0.0) + value.item()
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
@@ -100,6 +125,18 @@ def on_device(batch, device):
     images = [image.to(device, non_blocking=True).float().div_(255) for image in images]
     targets = [{k: v.to(device, non_blocking=True) for k, v in t.items() if k != "image_id"} for t in targets]
     return images, targets
+
+
+def smoothed_val(history, key, window):
+    """The best-epoch rule's figure for the last epoch of history: the mean of `key` over its last `window` epochs,
+    or None while fewer than window epochs are done.
+
+    One epoch's val mAP on a small val split moves by chance; a lucky epoch between poor ones does not lift the
+    mean of three, so it is not kept, and patience counts from the last real improvement (or tie).
+    """
+    if len(history) < window:
+        return None
+    return sum(row[key] for row in history[-window:]) / window
 
 
 def reestimate_batchnorm(model, loader, device, max_images=BATCHNORM_IMAGES):

@@ -35,7 +35,15 @@ class LearningParameters(Strict):
     lr_gamma: float = Field(gt=0, le=1)
     enable_early_stopping: bool
     early_stop_start: int = Field(ge=0)
-    early_stop_patience: int = Field(ge=1)
+    early_stop_patience: int = Field(ge=1, description="epochs without a better smoothed val figure before stopping")
+    early_stop_min_share: float = Field(0.5, ge=0, le=1, description="share of num_iters trained before early "
+                                                                      "stopping may stop the run")
+    best_epoch_window: int = Field(3, ge=1, description="the best epoch is the one whose val mAP@0.5, averaged with "
+                                                        "the epochs before it (this many in all), is highest")
+    close_mosaic_share: float = Field(0.1, ge=0, le=1, description="share of the last epochs trained without "
+                                                                   "Mosaic and the heavy geometric transforms")
+    adaptive_repeat: bool = Field(False, description="pass over a small training set several times an epoch, as OTX "
+                                                     "does (80 images at batch 16: 3 times)")
     num_workers: int = Field(ge=0)
 
 
@@ -62,6 +70,14 @@ class Qat(Strict):
     lr_factor: float = Field(0.1, gt=0, description="QAT learning rate as a fraction of learning_parameters.learning_rate")
 
 
+class Ema(Strict):
+    enable: bool = Field(False, description="validate, save and export an exponential moving average of the "
+                                            "weights (off: benchmarks/recipes.py showed no gain from it alone)")
+    decay: float = Field(0.9998, ge=0, lt=1, description="the average's decay once warmed up")
+    power: float = Field(0.75, gt=0, description="warm-up: the decay after t updates is min(decay, 1 - (1 + t) ** "
+                                                 "-power), so the average spans more of the run as it goes on")
+
+
 class HyperParameters(Strict):
     learning_parameters: LearningParameters
     postprocessing: Postprocessing
@@ -70,6 +86,7 @@ class HyperParameters(Strict):
         description="training transforms in order: torchvision.transforms.v2 names (or Mosaic) with their "
                     "arguments; true for the defaults, false to leave one out")
     anchors: Anchors = Field(default_factory=Anchors)
+    ema: Ema = Field(default_factory=Ema)
     distributed: Distributed = Field(default_factory=Distributed)
     qat: Qat = Field(default_factory=Qat)
 

@@ -5,6 +5,7 @@ import contextlib
 import csv
 import io
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -12,12 +13,13 @@ import torch
 
 from otxlite import OtxliteError, __version__, distributed
 from otxlite.anchors import fit_anchors, warn_small_objects
-from otxlite.augment import Pipeline
-from otxlite.data import hold_out_val, load_splits, make_loader, require_splits
+from otxlite.augment import Pipeline, without_heavy
+from otxlite.data import adaptive_repeats, hold_out_val, load_splits, make_loader, require_splits
 from otxlite.evaluate import coco_map, headline_figures
 from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, log_file, read_torch_file,
                            save_checkpoint, write_atomic, write_label_schema)
-from otxlite.loop import BATCHNORM_IMAGES, lr_schedule, reestimate_batchnorm, train_one_epoch, tune_threshold
+from otxlite.loop import (BATCHNORM_IMAGES, lr_schedule, moving_average, reestimate_batchnorm, smoothed_val,
+                          train_one_epoch, tune_threshold)
 from otxlite.models import InputSize, build_model, load_state
 from otxlite.predictors import TorchPredictor, pick_device, predict
 from otxlite.report import plot_history
@@ -26,6 +28,7 @@ from otxlite.tasks import task_of
 from otxlite.templates import apply_overrides
 
 log = logging.getLogger("otxlite")
+FEW_VAL_OBJECTS = 100  # below this, train warns that one epoch's val figure is noisy
 
 
 def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
@@ -86,12 +89,18 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     for name in ("train", "val"):
         log.info("%s split: %d images, %d %s", name, len(splits[name].samples),
                  sum(len(s.boxes) for s in splits[name].samples), "instances" if task.masks else "boxes")
+    window = min(params["best_epoch_window"], params["num_iters"])  # epochs whose mean val picks the best
     val_objects = sum(not ignored for s in splits["val"].samples for ignored in s.ignored)
     if not val_objects:
         log.warning("val split: no objects in its %d images, so val mAP is 0 every epoch and cannot pick an epoch: "
                     "early stopping is off and weights.pth is the last epoch. Give val annotated images (or "
                     "--val-split) to keep the best one.", len(splits["val"].samples))
         params["enable_early_stopping"] = False
+    elif val_objects < FEW_VAL_OBJECTS:
+        log.warning("val split: %d objects (under %d), so one epoch's val mAP@0.5 can move by about +-%.2f by chance "
+                    "(1/sqrt(objects)). The best epoch is chosen on the mean of %d epochs' val; more val images (a "
+                    "larger --val-split) make the choice surer.", val_objects, FEW_VAL_OBJECTS,
+                    1 / math.sqrt(val_objects), window)
 
     pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
     if load_weights:
@@ -105,12 +114,25 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         # seeded, so every rank fits the same anchors
         template = fit_anchors(model, template, splits["train"].samples, schema, pretrained)
     model.to(device)
+    ema = moving_average(model, template["hyper_parameters"]["ema"])
+    evaluated = model if ema is None else ema.module  # what is validated, saved and exported
     trained = distributed.wrap(model, device, settings["sync_bn"])
 
-    pipeline = Pipeline(template["hyper_parameters"]["augmentation"])
-    train_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
-                               pipeline=pipeline, input_size=InputSize.of(model), masks=task.masks, rank=rank,
-                               world_size=world_size)
+    repeats = adaptive_repeats(len(splits["train"].samples), params["batch_size"] * world_size) \
+        if params["adaptive_repeat"] else 1
+    if repeats > 1:
+        log.info("Small training set: each epoch passes over its %d images %d times (adaptive_repeat).",
+                 len(splits["train"].samples), repeats)
+
+    def training_loader(augmentation):
+        return make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
+                           pipeline=Pipeline(augmentation), input_size=InputSize.of(model), masks=task.masks,
+                           rank=rank, world_size=world_size, repeats=repeats)
+
+    augmentation = template["hyper_parameters"]["augmentation"]
+    closing = without_heavy(augmentation)  # the recipe of the last epochs, None when it is the same
+    closing_from = params["num_iters"] - math.ceil(params["close_mosaic_share"] * params["num_iters"])
+    train_loader = training_loader(augmentation)
     if state is None and main:
         draw_batch(train_loader, schema, output / "train_batch.jpg")
     val_loader = make_loader(splits["val"].samples[rank::world_size], schema, params, device)  # this rank's share
@@ -124,6 +146,11 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     history, start_epoch, best = [], 0, None
     if state is not None:
         load_state(model, state["model"], last_path)
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        elif ema is not None:
+            ema.update_parameters(model)  # a run saved without an average starts one from its weights
+            log.info("%s holds no weight average: the average starts from its weights.", last_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["lr_scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -140,31 +167,40 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
              params["num_iters"], params["batch_size"] * world_size, learning_rate, "with" if pretrained else "without")
     for epoch in range(start_epoch, params["num_iters"]):
         torch.manual_seed(seed * 1000 + epoch)  # the epoch's randomness depends on (seed, epoch) alone
+        if closing is not None and epoch >= closing_from:
+            log.info("Epoch %d on: Mosaic and the heavy geometric transforms off (close_mosaic_share %g).",
+                     epoch + 1, params["close_mosaic_share"])
+            train_loader, closing = training_loader(closing), None
         train_loader.batch_sampler.set_epoch(epoch)
         started = time.perf_counter()
-        losses = train_one_epoch(trained, optimizer, scheduler, scaler, train_loader, device, epoch, params["num_iters"])
+        losses = train_one_epoch(trained, optimizer, scheduler, scaler, train_loader, device, epoch,
+                                 params["num_iters"], ema=ema)
         train_seconds = time.perf_counter() - started
-        reestimate_batchnorm(model, statistics_loader, device, BATCHNORM_IMAGES // world_size)
-        predictions = distributed.gather_shards(predict(TorchPredictor(model, schema, None, template, device),
+        reestimate_batchnorm(evaluated, statistics_loader, device, BATCHNORM_IMAGES // world_size)
+        predictions = distributed.gather_shards(predict(TorchPredictor(evaluated, schema, None, template, device),
                                                         val_loader))
         metrics = coco_map(splits["val"].samples, predictions, schema)
         row = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"],
                **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - started, 2),
-               "images_per_s": round(len(splits["train"].samples) / train_seconds, 2)}
+               "images_per_s": round(repeats * len(splits["train"].samples) / train_seconds, 2)}
         history.append(row)
-        improved = best is None or metrics[task.headline] > best["value"] or not val_objects
+        smoothed = smoothed_val(history, f"val_{task.headline}", window)
+        # a tie goes to the later epoch: trained longer at a lower learning rate (val saturates on easy data)
+        improved = smoothed is not None and (best is None or smoothed >= best["value"] or not val_objects)
         if improved:
-            best = {"value": metrics[task.headline], "epoch": epoch + 1}
-            if main:
-                save_checkpoint(output / "weights.pth", weights_checkpoint(model, template, schema, metrics, epoch + 1))
-        log.info("epoch %d/%d  loss %.4f  val %s  %.1f s  %.2f img/s%s", epoch + 1, params["num_iters"],
-                 losses["loss"], headline_figures(metrics, task), row["seconds"], row["images_per_s"],
-                 "  (best, saved weights.pth)" if improved else "")
+            best = {"value": smoothed, "epoch": epoch + 1}
+        if main and (improved or best is None):  # until the first full window, each epoch stands in for the best
+            save_checkpoint(output / "weights.pth", weights_checkpoint(evaluated, template, schema, metrics, epoch + 1))
+        mean = "" if smoothed is None or window == 1 else f" (mean of {window}: {smoothed:.4f})"
+        log.info("epoch %d/%d  loss %.4f  val %s%s  %.1f s  %.2f img/s%s", epoch + 1, params["num_iters"],
+                 losses["loss"], headline_figures(metrics, task), mean, row["seconds"], row["images_per_s"],
+                 "  (best, saved weights.pth)" if improved else "  (saved weights.pth)" if best is None else "")
         stopped_early = should_stop(params, epoch + 1, best)
         if main:
             save_checkpoint(last_path, {"format_version": CHECKPOINT_FORMAT, "template": template, "labels": schema,
-                                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "model": model.state_dict(), "ema": ema and ema.state_dict(),
+                                        "optimizer": optimizer.state_dict(),
                                         "lr_scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                         "pretrained": pretrained, "epoch": epoch + 1, "best_metric": best,
                                         "history": history, "stopped_early": stopped_early})
@@ -172,13 +208,13 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         if report:
             report(row, last_path.parent)
         if stopped_early:
-            log.info("Early stopping: no better val %smAP@0.5 for %d epochs since epoch %d.", task.unit,
-                     params["early_stop_patience"], best["epoch"])
+            log.info("Early stopping: no better val %smAP@0.5 (mean of %d epochs) for %d epochs since epoch %d.",
+                     task.unit, window, params["early_stop_patience"], best["epoch"])
             break
     distributed.barrier()  # weights.pth, which rank 0 wrote, is complete
     tune_threshold(output / "weights.pth", model, template, schema, splits["val"].samples, val_loader, device)
-    log.info("Best val %smAP@0.5 %.4f at epoch %d: %s", task.unit, best["value"], best["epoch"],
-             output / "weights.pth")
+    log.info("Best val %smAP@0.5 (mean of %d epochs) %.4f at epoch %d: %s", task.unit, window, best["value"],
+             best["epoch"], output / "weights.pth")
     return output / "weights.pth"
 
 
@@ -207,7 +243,10 @@ def start_from(model, path, schema):
 
 
 def should_stop(params, epoch, best):
-    return (params["enable_early_stopping"] and epoch >= params["early_stop_start"]
+    """Early stopping: patience counts on the smoothed val figure, from early_stop_start or early_stop_min_share of
+    the schedule, whichever is later."""
+    start = max(params["early_stop_start"], math.ceil(params["early_stop_min_share"] * params["num_iters"]))
+    return (params["enable_early_stopping"] and best is not None and epoch >= start
             and epoch - best["epoch"] >= params["early_stop_patience"])
 
 

@@ -9,11 +9,12 @@ from torchvision import tv_tensors
 
 from conftest import SAMPLE
 from otxlite.anchors import fit_anchors, warn_small_objects
-from otxlite.augment import Pipeline
+from otxlite.augment import Pipeline, without_heavy
 from otxlite.data import DetectionDataset, PipelineContext, load_splits, split_specs
 from otxlite.files import load_checkpoint
 from otxlite.models import InputSize, anchors_of, build_model, model_from_checkpoint
 from otxlite.templates import apply_overrides, resolve_template
+import otxlite.train
 from otxlite.train import train
 
 COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250), (250, 0, 250)]
@@ -215,11 +216,39 @@ def test_small_objects_warn_once_with_median_size_and_what_to_use(tmp_path, capl
         assert "median size dot 24 px" in caplog.text and advice in caplog.text and not_advice not in caplog.text
 
 
-def test_augmentation_none_trains_on_the_images_as_they_are(otxlite, tiny_voc, small_template, tmp_path):
+@pytest.mark.parametrize("choice, recipe", [("none", {}), ("flip", {"RandomHorizontalFlip": {"p": 0.5}})])
+def test_augmentation_none_and_flip_replace_the_template_recipe(otxlite, tiny_voc, small_template, tmp_path, choice,
+                                                                 recipe):
     status, _, err = otxlite("train", small_template("ssdlite320_mobilenet_v3_large"), "--data", tiny_voc,
-                             "--no-pretrained", "--output", tmp_path / "run", "--augmentation", "none",
+                             "--no-pretrained", "--output", tmp_path / "run", "--augmentation", choice,
                              "params", "--learning_parameters.num_iters", "1")
     assert status == 0, err
     checkpoint = load_checkpoint(tmp_path / "run" / "weights.pth")
-    assert checkpoint["template"]["hyper_parameters"]["augmentation"] == {}
+    assert checkpoint["template"]["hyper_parameters"]["augmentation"] == recipe
     assert (tmp_path / "run" / "train_batch.jpg").stat().st_size > 1000
+
+
+def test_the_last_epochs_train_without_mosaic_and_heavy_geometric_transforms(tiny_voc, small_template, tmp_path,
+                                                                               caplog, monkeypatch):
+    augmentation = {"Mosaic": {"p": 1.0}, "RandomPhotometricDistort": {"p": 0.5}, "RandomIoUCrop": True,
+                    "RandomZoomOut": False, "RandomHorizontalFlip": {"p": 0.5}}
+    assert without_heavy(augmentation) == {"RandomPhotometricDistort": {"p": 0.5}, "RandomZoomOut": False,
+                                           "RandomHorizontalFlip": {"p": 0.5}}
+    assert without_heavy({"RandomHorizontalFlip": {"p": 0.5}, "Mosaic": False}) is None  # nothing to switch off
+    template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
+    template["hyper_parameters"]["augmentation"] = augmentation
+    recipes, make_loader = [], otxlite.train.make_loader
+
+    def spy(*args, pipeline=None, **kwargs):
+        if pipeline is not None:
+            recipes.append([type(step).__name__ for step in pipeline.steps])
+        return make_loader(*args, pipeline=pipeline, **kwargs)
+
+    monkeypatch.setattr(otxlite.train, "make_loader", spy)
+    with caplog.at_level(logging.INFO, logger="otxlite"):
+        train(template, split_specs(tiny_voc), tmp_path / "run", {"learning_parameters.num_iters": "4",
+              "learning_parameters.close_mosaic_share": "0.5"}, pretrained=False)
+    closing = [r.getMessage() for r in caplog.records if "heavy geometric transforms off" in r.getMessage()]
+    assert closing == ["Epoch 3 on: Mosaic and the heavy geometric transforms off (close_mosaic_share 0.5)."]
+    assert recipes == [["Mosaic", "RandomPhotometricDistort", "RandomIoUCrop", "RandomHorizontalFlip"],
+                       ["RandomPhotometricDistort", "RandomHorizontalFlip"]]

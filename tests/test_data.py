@@ -10,8 +10,8 @@ import torch
 from conftest import SAMPLE, copy_voc, sample_ids, voc_boxes, write_coco
 from otxlite import OtxliteError
 from otxlite.augment import Pipeline
-from otxlite.data import (DetectionDataset, GroupedBatchSampler, Sample, SplitSpec, label_schema, load_split,
-                          load_splits, read_data_yaml, split_specs)
+from otxlite.data import (DetectionDataset, GroupedBatchSampler, Sample, SplitSpec, adaptive_repeats, label_schema,
+                          load_split, load_splits, read_data_yaml, split_specs)
 from otxlite.files import label_names
 
 
@@ -213,6 +213,18 @@ def test_grouped_batches_keep_wide_and_tall_images_apart_and_depend_only_on_seed
     again.set_epoch(1)
     assert [[i for i, _ in b] for b in again] != batches
     assert all(epoch == 1 for b in again for _, epoch in b)
+
+
+def test_a_small_training_set_is_passed_over_several_times_an_epoch_each_pass_augmented_anew():
+    assert [adaptive_repeats(images, 16) for images in (16, 80, 205, 700, 5000)] == [5, 3, 2, 1, 1]  # OTX's rule
+    samples = [Sample(image=None, source="", width=w, height=h) for w, h in [(640, 480)] * 5 + [(480, 640)] * 4]
+    once, three = GroupedBatchSampler(samples, 2, seed=3), GroupedBatchSampler(samples, 2, seed=3, repeats=3)
+    three.set_epoch(1)  # epoch 1 is passes 3, 4 and 5
+    items = [item for batch in three for item in batch]
+    assert sorted(items) == sorted((index, number) for index in range(9) for number in (3, 4, 5))
+    assert len(three) == 3 * len(once)
+    once.set_epoch(3)  # a pass is ordered as the epoch of the same number without repeats: (seed, number) alone
+    assert list(three)[:len(once)] == list(once)
 
 
 @pytest.mark.parametrize("wide, tall, batch_size", [(5, 4, 2), (3, 0, 2), (1, 0, 4), (7, 1, 3), (4, 4, 1)])

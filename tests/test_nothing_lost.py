@@ -119,7 +119,7 @@ GOOD_POLYGON = "0 0.1 0.1 0.6 0.1 0.6 0.7 0.1 0.7"
 def test_a_yolo_polygon_of_nan_or_huge_numbers_is_an_error_naming_its_line(tmp_path, line, says):
     status, out, err = run_otxlite("data", "check", "--data", yolo_seg(tmp_path, [GOOD_POLYGON, line]))
     assert status == 1, err  # data check's "training would fail", not a signal
-    assert f"a.txt (line 2): " in out and says in out
+    assert "a.txt (line 2): " in out and says in out
 
 
 def coco_polygons(folder, polygons):

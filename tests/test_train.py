@@ -1,4 +1,5 @@
 import csv
+import logging
 import signal
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from otxlite.data import split_specs
 from otxlite.files import UMASK, load_checkpoint, read_json, save_checkpoint
 from otxlite.models import build_model, class_head_paths, model_from_checkpoint
 from otxlite.templates import find_templates, resolve_template
-from otxlite.loop import lr_schedule, reestimate_batchnorm
+from otxlite.loop import lr_schedule, moving_average, reestimate_batchnorm
+import otxlite.train
 from otxlite.train import train
 
 TEMPLATE_IDS = sorted(t["id"] for t in find_templates("detection"))
@@ -80,7 +82,8 @@ def test_same_seed_repeats_a_cpu_run_exactly(tiny_voc, small_template, tmp_path)
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_voc, small_template, tmp_path):
     template = small_template("fasterrcnn_mobilenet_v3_large_320_fpn")
     command = [sys.executable, "-m", "otxlite", "train", str(template), "--data", str(tiny_voc), "--no-pretrained",
-               "params", "--learning_parameters.num_iters", "3", "--learning_parameters.enable_early_stopping", "false"]
+               "params", "--learning_parameters.num_iters", "3", "--learning_parameters.enable_early_stopping", "false",
+               "--ema.enable", "true"]
     straight = tmp_path / "straight"
     subprocess.run(command[:7] + ["--output", str(straight)] + command[7:], check=True, capture_output=True)
 
@@ -105,10 +108,13 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_voc, small_templa
     for row, reference in zip(rows, expected):
         assert float(row["loss"]) == pytest.approx(float(reference["loss"]), rel=1e-4)
         assert float(row["lr"]) == pytest.approx(float(reference["lr"]))
-    final = load_checkpoint(killed / "checkpoints" / "last.pth")["model"]
-    reference = load_checkpoint(straight / "checkpoints" / "last.pth")["model"]
-    for name, tensor in final.items():
-        torch.testing.assert_close(tensor, reference[name], rtol=1e-4, atol=1e-5)
+        assert float(row["val_map_50"]) == pytest.approx(float(reference["val_map_50"]), abs=1e-4)
+    final = load_checkpoint(killed / "checkpoints" / "last.pth")
+    reference = load_checkpoint(straight / "checkpoints" / "last.pth")
+    assert final["ema"]["n_averaged"] == reference["ema"]["n_averaged"] > 0  # the weight average resumed too
+    for part in ("model", "ema"):
+        for name, tensor in final[part].items():
+            torch.testing.assert_close(tensor, reference[part][name], rtol=1e-4, atol=1e-5)
 
     extend = subprocess.run([sys.executable, "-m", "otxlite", "train", "--resume", "--output", str(killed),
                              "--data", str(tiny_voc), "params", "--learning_parameters.num_iters", "4"],
@@ -262,3 +268,59 @@ def test_mobilenet_fpn_stages_are_chosen_by_returned_layers():
     template["model"]["kwargs"]["returned_layers"] = [3, 9]
     with pytest.raises(OtxliteError, match="returned_layers"):
         build_model(template, 3)
+
+
+def test_the_weight_average_warms_up_its_decay_and_follows_the_weights():
+    layer = torch.nn.Linear(1, 1, bias=False)
+    ema = moving_average(layer, {"enable": True, "decay": 0.6, "power": 1.0})
+    expected = None
+    for step, value in enumerate([1.0, 5.0, 9.0, 2.0]):
+        layer.weight.data.fill_(value)
+        ema.update_parameters(layer)
+        # the first update copies; after t updates the decay is min(0.6, 1 - 1 / (1 + t))
+        expected = value if expected is None else min(0.6, 1 - 1 / (1 + step)) * expected + \
+            (1 - min(0.6, 1 - 1 / (1 + step))) * value
+        assert ema.module.weight.item() == pytest.approx(expected)
+    assert expected == pytest.approx(0.6 * (0.6 * (0.5 * 1 + 0.5 * 5) + 0.4 * 9) + 0.4 * 2)
+    assert moving_average(layer, {"enable": False, "decay": 0.6, "power": 1.0}) is None
+
+
+def test_a_lucky_epoch_is_not_kept_and_weights_are_the_average(tiny_voc, small_template, tmp_path, monkeypatch):
+    """val mAP@0.5 per epoch 0.1, 0.6 (lucky), 0.1, 0.35, 0.4, 0.38: the best mean of three ends at epoch 6."""
+    figures = iter([0.1, 0.6, 0.1, 0.35, 0.4, 0.38])
+    coco_map = otxlite.train.coco_map
+    monkeypatch.setattr(otxlite.train, "coco_map", lambda *args: {**coco_map(*args), "map_50": next(figures)})
+    template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
+    weights = train(template, split_specs(tiny_voc), tmp_path / "run", {"learning_parameters.num_iters": "6",
+                    "ema.enable": "true"}, pretrained=False)
+    kept, last = load_checkpoint(weights), load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
+    assert kept["epoch"] == 6
+    assert last["best_metric"] == {"value": pytest.approx((0.35 + 0.4 + 0.38) / 3), "epoch": 6}
+    # weights.pth holds the weight average (with BatchNorm statistics re-estimated for it), not the last weights
+    averaged = {name.removeprefix("module."): tensor for name, tensor in last["ema"].items() if name != "n_averaged"}
+    assert kept["model"].keys() == averaged.keys() == last["model"].keys()
+    assert all(torch.equal(kept["model"][name], averaged[name]) for name in averaged)
+    assert not all(torch.equal(kept["model"][name], last["model"][name]) for name in averaged
+                   if last["model"][name].is_floating_point())
+
+    figures = iter([0.1, 0.6, 0.1])
+    weights = train(template, split_specs(tiny_voc), tmp_path / "one", {"learning_parameters.num_iters": "3",
+                    "learning_parameters.best_epoch_window": "1", "ema.enable": "false"}, pretrained=False)
+    assert load_checkpoint(weights)["epoch"] == 2  # read from single epochs, the lucky one wins
+    assert load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pth")["ema"] is None
+
+
+def test_early_stopping_waits_for_its_share_of_the_schedule(tiny_voc, small_template, tmp_path, monkeypatch, caplog):
+    figures = iter([0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
+    coco_map = otxlite.train.coco_map
+    monkeypatch.setattr(otxlite.train, "coco_map", lambda *args: {**coco_map(*args), "map_50": next(figures)})
+    template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
+    with caplog.at_level(logging.INFO, logger="otxlite"):
+        train(template, split_specs(tiny_voc), tmp_path / "run", {
+            "learning_parameters.num_iters": "10", "learning_parameters.early_stop_start": "1",
+            "learning_parameters.early_stop_patience": "2", "learning_parameters.early_stop_min_share": "0.8",
+            "ema.enable": "false"}, pretrained=False)
+    # best at epoch 3 (the mean of 1-3), patience 2 is over at epoch 5, but stopping waits for epoch 8 (0.8 of 10)
+    assert [r["epoch"] for r in metrics_rows(tmp_path / "run")] == [str(e) for e in range(1, 9)]
+    assert "Early stopping: no better val mAP@0.5 (mean of 3 epochs) for 2 epochs since epoch 3." in caplog.text
+    assert "val split: 36 objects (under 100)" in caplog.text
