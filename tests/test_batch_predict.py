@@ -113,12 +113,14 @@ def model_file(exported, name):
     return exported[0] if name == "weights.pth" else exported[1] / name
 
 
-def same_but_last_digit_of_score(records, others):
-    """Equal COCO results, but for scores that may differ by 0.00002 (1-2 in the fifth decimal, as rounded)."""
+def same_but_last_digits(records, others):
+    """Equal COCO results, but for scores that may differ by 0.00002 and box corners by 0.02 px (1-2 in the last
+    decimal written: seen on an AMX CPU, whose convolutions sum in another order with 1 thread than with 2)."""
     assert len(records) == len(others) > 10
     for record, other in zip(records, others):
-        assert {**record, "score": None} == {**other, "score": None}
+        assert {**record, "score": None, "bbox": None} == {**other, "score": None, "bbox": None}
         assert abs(record["score"] - other["score"]) <= 2e-5
+        assert max(abs(a - b) for a, b in zip(record["bbox"], other["bbox"])) <= 0.02 + 1e-9
     return True
 
 
@@ -139,7 +141,7 @@ def test_ray_engine_predicts_as_the_local_engine_with_every_model_file(exported,
         if name != "weights.pth":
             assert outputs["ray"] == outputs["local"] and len(json.loads(outputs["ray"])) > 10, name  # to the byte
         else:  # PyTorch's multi-threaded convolutions sum in an order that depends on its threads (1 per actor)
-            assert same_but_last_digit_of_score(json.loads(outputs["ray"]), json.loads(outputs["local"]))
+            assert same_but_last_digits(json.loads(outputs["ray"]), json.loads(outputs["local"]))
     for engine in ("local", "ray"):
         status, _, err = otxlite("predict", "--load-weights", exported[1] / "openvino.xml", "--input", tmp_path / "in",
                                  "--output", tmp_path / f"{engine}-shards", "--threshold", "0.05", "--engine", engine)
