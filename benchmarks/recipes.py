@@ -24,6 +24,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from otxlite.api import AUGMENTATION
 from otxlite.data import read_data_yaml
 from otxlite.evaluate import evaluate
 from otxlite.files import load_checkpoint
@@ -34,7 +35,7 @@ from otxlite.train import train
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 BCCD = SHARED / "bccd" / "BCCD"
 COCO_SEG = SHARED / "coco-seg"
-RECIPES = {"flip": {"augmentation": "{RandomHorizontalFlip: {p: 0.5}}", "ema.enable": "false",
+RECIPES = {"flip": {"augmentation": AUGMENTATION["flip"], "ema.enable": "false",
                     "learning_parameters.adaptive_repeat": "false"},
            "default": {"ema.enable": "false"},
            "default+ema": {"ema.enable": "true"}}

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from otxlite import OtxliteError, __version__, setup_logging
-from otxlite.api import Engine, find as find_templates
+from otxlite.api import AUGMENTATION, Engine, find as find_templates
 
 log = logging.getLogger("otxlite")
 PARAMS_HELP = "Hyper-parameters can be overridden after the word params: `... params --learning_parameters.batch_size 4`."
@@ -136,7 +136,7 @@ def relative(path):
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
 @click.option("--val-split", type=float, help="Hold out this fraction of train as val (seeded by --seed); "
               "the split is saved as OUTPUT/data.yaml for later stages.")
-@click.option("--augmentation", type=click.Choice(["default", "flip", "none"]), default="default", show_default=True,
+@click.option("--augmentation", type=click.Choice(list(AUGMENTATION)), default="default", show_default=True,
               help="The template's training recipe, horizontal flips only, or no augmentation at all.")
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template ids.")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
