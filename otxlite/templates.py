@@ -72,7 +72,8 @@ class Qat(Strict):
 
 class Ema(Strict):
     enable: bool = Field(False, description="validate, save and export an exponential moving average of the "
-                                            "weights (off: benchmarks/recipes.py showed no gain from it alone)")
+                                            "weights (on in SSDlite's template, where benchmarks/recipes.py "
+                                            "measured it with adaptive_repeat)")
     decay: float = Field(0.9998, ge=0, lt=1, description="the average's decay once warmed up")
     power: float = Field(0.75, gt=0, description="warm-up: the decay after t updates is min(decay, 1 - (1 + t) ** "
                                                  "-power), so the average spans more of the run as it goes on")

@@ -93,8 +93,8 @@ def exported(request, tmp_path_factory):
         batch_size=batch_size, num_workers=0, warmup_iters=2, lr_scheduler="cosine", enable_early_stopping=False)
     weights = train(template, split_specs(data), root / "run", {"learning_parameters.num_iters": str(epochs),
                     "learning_parameters.learning_rate": str(learning_rate), "augmentation": "{}",
-                    "anchors.fit": "true"},
-                    pretrained=False)  # fitting four images needs no augmentation; anchors are fitted
+                    "anchors.fit": "true", "ema.enable": "false", "learning_parameters.adaptive_repeat": "false"},
+                    pretrained=False)  # fitting four images needs no augmentation nor averaging; anchors are fitted
     result = CliRunner().invoke(cli, ["export", "--load-weights", str(weights), "--output", str(root / "export")])
     assert result.exit_code == 0, result.output
     return weights, root / "export", data
