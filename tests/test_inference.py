@@ -207,6 +207,7 @@ RELEASE_OUT_OF_ORDER_THEN_CTRL_C = """
 import gc, os, signal, sys
 import numpy as np
 from otxlite.predictors import load_predictor
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a job started with & inherits SIGINT ignored
 image = np.zeros((48, 64, 3), np.uint8)
 first, second = load_predictor(sys.argv[1]), load_predictor(sys.argv[1])
 first([image]), second([image])
