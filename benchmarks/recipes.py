@@ -3,7 +3,7 @@
 scored on a test split it never saw.
 
 Usage: python benchmarks/recipes.py [--datasets NAME ...] [--templates ID ...] [--recipes NAME ...]
-                                    [--epochs 30] [--params NAME=VALUE ...] [--output DIR]
+                                    [--epochs 30] [--seed 0] [--params NAME=VALUE ...] [--output DIR]
 
 Datasets (built under --output from ../shared/datasets; none was used to choose a default):
 - bccd-100: 100 BCCD images (seeded draw) to train on, the other 264 as test; 3 classes, small platelets.
@@ -98,6 +98,7 @@ def main():
     parser.add_argument("--templates", nargs="+", default=["ssdlite320_mobilenet_v3_large"])
     parser.add_argument("--recipes", nargs="+", default=["flip", "default", "default-ema"], choices=list(RECIPES))
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0, help="train's seed (initialisation, batch order, augmentation)")
     parser.add_argument("--params", nargs="+", default=[], metavar="NAME=VALUE",
                         help="params overrides on top of every recipe, e.g. learning_parameters.learning_rate=0.05")
     parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-recipes"))
@@ -108,12 +109,12 @@ def main():
         specs = DATASETS[dataset](args.output / "data")
         for template_id in args.templates:
             for recipe in args.recipes:
-                output = args.output / dataset / template_id / " ".join([recipe, *args.params])
+                output = args.output / dataset / template_id / " ".join([recipe, *args.params, f"seed={args.seed}"])
                 overrides = {**RECIPES[recipe], "learning_parameters.num_iters": str(args.epochs),
                              **dict(item.split("=", 1) for item in args.params)}
                 started = time.perf_counter()
                 weights = train(resolve_template(template_id), {"train": specs["train"]}, output, overrides,
-                                pretrained=False, val_split=0.2)
+                                pretrained=False, val_split=0.2, seed=args.seed)
                 minutes = (time.perf_counter() - started) / 60
                 kept = load_checkpoint(output / "checkpoints" / "last.pth")["best_metric"]
                 test = evaluate(weights, {"test": specs["test"]})
