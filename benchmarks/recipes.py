@@ -15,8 +15,9 @@ Datasets (built under --output from ../shared/datasets; none was used to choose 
 Recipes: flip (horizontal flips only, no weight average, no adaptive repeat: the recipe before
 transforms.v2), default (the template as shipped), default-ema, default-repeat and default-ema-repeat (the
 template without its weight average, its adaptive repeat, or both), flip+ema+repeat (flips only, with the
-template's weight average and adaptive repeat: flip-only at default's schedule); --params adds overrides to
-every recipe, e.g. learning_parameters.learning_rate=0.05.
+template's weight average and adaptive repeat: flip-only at default's schedule), default+ema (the template
+with the weight average on, for templates that ship it off); --params adds overrides to every recipe, e.g.
+learning_parameters.learning_rate=0.05.
 Prints one row a run: test mAP@0.5 and mAP@[.5:.95], the epoch kept and its smoothed val figure, minutes.
 """
 
@@ -40,7 +41,7 @@ COCO_SEG = SHARED / "coco-seg"
 NO_EMA, NO_REPEAT = {"ema.enable": "false"}, {"learning_parameters.adaptive_repeat": "false"}
 FLIP = {"augmentation": AUGMENTATION["flip"]}
 RECIPES = {"flip": {**FLIP, **NO_EMA, **NO_REPEAT}, "default": {}, "default-ema": NO_EMA, "default-repeat": NO_REPEAT,
-           "default-ema-repeat": {**NO_EMA, **NO_REPEAT}, "flip+ema+repeat": FLIP}
+           "default-ema-repeat": {**NO_EMA, **NO_REPEAT}, "flip+ema+repeat": FLIP, "default+ema": {"ema.enable": "true"}}
 
 
 def bccd_subset(folder, name, keep=None, rename=None, count=100, seed=0):

@@ -4,6 +4,7 @@ resume with DataLoader workers, one metric on every backend for mixed sizes, and
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 import struct
@@ -187,33 +188,33 @@ def last_epoch_state(run):
     return load_checkpoint(run / "checkpoints" / "last.pth")["model"]
 
 
-def assert_close_state(a, b):
-    """Equal up to the last digits: with 2 threads, PyTorch's CPU backward through MobileNetV3's
-    squeeze-excitation blocks differs in the last bit about once in 400 passes (measured)."""
+def assert_equal_state(a, b):
+    """Equal to the last bit."""
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+        assert torch.equal(a[key], b[key]), key
 
 
 def assert_same_weights(a, b):
     """Same weights, threshold and headline metrics."""
     assert a[1] == b[1]
     headline = {key for key, value in a[2].items() if isinstance(value, float)}
-    assert {key: a[2][key] for key in headline} == pytest.approx({key: b[2][key] for key in headline}, abs=1e-4)
-    assert_close_state(a[0], b[0])
+    assert {key: a[2][key] for key in headline} == {key: b[2][key] for key in headline}
+    assert_equal_state(a[0], b[0])
 
 
 def cli_train(template, data, output, *extra, workers=2, batch_size=1):
     """`otxlite train` in its own process, as a user runs it: 3 epochs, seed 5.
 
     Its own process also keeps DataLoader workers from being forked out of a test process where OpenVINO
-    and NNCF threads already run.
+    and NNCF threads already run. One compute thread: with several, PyTorch's CPU backward is not always
+    bit-exact (measured), and the runs drift apart from the 3rd digit in 3 epochs.
     """
     return subprocess.Popen([sys.executable, "-m", "otxlite", "train", str(template), "--data", str(data), "--output",
                              str(output), "--no-pretrained", "--seed", "5", *extra, "params",
                              "--learning_parameters.num_iters", "3", "--learning_parameters.num_workers", str(workers),
                              "--learning_parameters.batch_size", str(batch_size)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def finished(process):
@@ -240,7 +241,7 @@ def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_tem
     finished(cli_train(template, tiny_voc, tmp_path / "a", batch_size=batch_size))
     first = last_epoch_state(tmp_path / "a")
     finished(cli_train(template, tiny_voc, tmp_path / "b", batch_size=batch_size))
-    assert_close_state(first, last_epoch_state(tmp_path / "b"))
+    assert_equal_state(first, last_epoch_state(tmp_path / "b"))
 
     killed = cli_train(template, tiny_voc, tmp_path / "c", batch_size=batch_size)
     deadline = time.time() + 300
@@ -252,10 +253,11 @@ def test_runs_with_default_workers_repeat_and_resume_exactly(tmp_path, small_tem
     assert load_checkpoint(tmp_path / "c" / "checkpoints" / "last.pth")["epoch"] == 1
     err = finished(cli_train(template, tiny_voc, tmp_path / "c", "--resume", batch_size=batch_size))
     assert f"Resuming {template_id} from epoch 1" in err
-    assert_close_state(first, last_epoch_state(tmp_path / "c"))
+    assert_equal_state(first, last_epoch_state(tmp_path / "c"))
 
 
-def test_a_kill_during_threshold_tuning_is_finished_by_resume(tmp_path, small_template, tiny_voc, monkeypatch):
+def test_a_kill_during_threshold_tuning_is_finished_by_resume(tmp_path, small_template, tiny_voc, monkeypatch,
+                                                             one_compute_thread):
     template = str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn"))
     overrides = {"learning_parameters.num_iters": "2"}
 
