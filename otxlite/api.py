@@ -406,6 +406,17 @@ class Engine:
         refuse_overwriting({"--output": output}, {**model_inputs(model), **image_inputs(source)})
         return demo(model, source, output, threshold, self.device)
 
+    def explain(self, source, model=None, output=None, target_classes=None, threshold=None):
+        """Per-class saliency maps of a weights.pth on an image or a folder's images, a folder per image with
+        saliency.npy and an overlay PNG per class; returns the output folder (default: explain/ beside the
+        model)."""
+        from otxlite.explain import explain
+
+        model = self._model(model)
+        output = Path(output) if output else model.parent / "explain"
+        refuse_overwriting({"--output": output}, {**model_inputs(model), **image_inputs(source)})
+        return explain(model, source, output, target_classes, threshold, self.device)
+
     def serve(self, model=None, host="127.0.0.1", port=8000, threshold=None, max_batch_size=8, batch_wait_ms=5,
               max_queue=64, max_body_mb=20, ray=None):
         """Serve the model (default: the last one written) over HTTP until SIGTERM or Ctrl-C (`otxlite serve`):

@@ -26,6 +26,8 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
                  "--output runs/qat     # quantization-aware training"],
     "demo": ["otxlite demo --load-weights runs/quickstart/optimize/openvino.xml --input samples/bccd/JPEGImages "
              "--output runs/demo"],
+    "explain": ["otxlite explain --load-weights runs/quickstart/weights.pth --input samples/bccd/JPEGImages "
+                "--output runs/explain --target-classes WBC"],
     "predict": ["otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input "
                 "samples/bccd/JPEGImages --output predictions.json",
                 "otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input 'samples/bccd/JPEGImages/"
@@ -247,6 +249,21 @@ def demo(load_weights, input_path, output, threshold, device):
     """Draw a model's detections on images or a video (label names, scores, label colours)."""
     setup_logging()
     Engine(device=device).demo(input_path, load_weights, output, threshold)
+
+
+@cli.command(epilog=epilog("explain"))
+@click.option("--load-weights", required=True, type=click.Path(), help="Model file: weights.pth.")
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="An image, a folder of images, a quoted glob pattern or a .txt list of images.")
+@click.option("--output", "-o", type=click.Path(), help="Folder for the maps.  [default: explain/ beside the model]")
+@click.option("--target-classes", multiple=True, help="A class to draw (repeat for more).  [default: every class]")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Draw boxes scoring above this.  [default: the model's]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def explain(load_weights, input_path, output, target_classes, threshold, device):
+    """Per-class saliency maps: where the model finds each class (a folder per image: saliency.npy, and an
+    overlay PNG per class with its detections)."""
+    setup_logging()
+    Engine(device=device).explain(input_path, load_weights, output, list(target_classes) or None, threshold)
 
 
 @cli.command(epilog=epilog("predict"))

@@ -6,7 +6,7 @@ import json
 import statistics
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from otxlite import ArgumentError, ModelFileError
 from otxlite.files import load_weights, read_label_schema
 from otxlite.models import input_size
+from otxlite.saliency import recorded_saliency
 from otxlite.tasks import MASK_OUTPUT, as_detections, task_of
 
 METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
@@ -29,20 +30,25 @@ class TorchPredictor:
     (which see one image at a time) and other detections depending on batch composition.
     """
 
-    def __init__(self, model, schema, confidence_threshold, template, device):
+    def __init__(self, model, schema, confidence_threshold, template, device, explain=False):
         self.model, self.schema, self.template, self.device = model.eval().to(device), schema, template, device
-        self.confidence_threshold = confidence_threshold
+        self.confidence_threshold, self.explain = confidence_threshold, explain
         self.input_size = input_size(model.transform)
 
     @torch.inference_mode()
     def __call__(self, images):
         """images: HxWx3 uint8 RGB arrays -> [{'boxes' [N, 4] xyxy, 'scores' [N], 'labels' [N] (schema ids),
-        and for tasks with masks 'rles' [N] (COCO RLE)}]."""
+        for tasks with masks 'rles' [N] (COCO RLE), and with explain 'saliency' [classes, h, w]}]."""
         results = [None] * len(images)
         for indices in same_size_groups(images):
             tensors = [torch.tensor(images[i]).permute(2, 0, 1).to(self.device).float().div_(255) for i in indices]
-            for i, output in zip(indices, self.model(tensors)):
+            with recorded_saliency(self.model) if self.explain else nullcontext() as saliency:
+                outputs = self.model(tensors)
+                maps = saliency() if self.explain else [None] * len(indices)
+            for i, output, image_maps in zip(indices, outputs, maps):
                 results[i] = as_detections({k: v.float().cpu().numpy() for k, v in output.items()})
+                if self.explain:
+                    results[i]["saliency"] = image_maps.float().cpu().numpy()
         return results
 
 
@@ -202,11 +208,12 @@ def cause(err):
     return " ".join(said or lines[-1:] or [type(err).__name__])
 
 
-def load_predictor(path, device="auto", throughput=False, threads=None):
+def load_predictor(path, device="auto", throughput=False, threads=None, explain=False):
     """The predictor for a model file, by its suffix; label_schema.json must sit beside it.
 
     throughput=True: OpenVINO runs a call's images as parallel requests (for batch prediction).
     threads: how many CPU threads the model may use (default: the runtime's choice, every core).
+    explain=True: detections carry per-class saliency maps (otxlite.saliency); weights.pth only, for now.
     """
     from otxlite.models import model_from_checkpoint
 
@@ -219,7 +226,11 @@ def load_predictor(path, device="auto", throughput=False, threads=None):
         checkpoint = load_weights(path)
         schema = read_label_schema(path, expected=checkpoint["labels"])
         model = model_from_checkpoint(checkpoint, path)
-        return TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"], device)
+        return TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"], device,
+                              explain)
+    if explain:
+        raise ModelFileError(f"{path}: saliency maps come from a weights.pth for now; pass the weights.pth this "
+                             f"model was exported from.")
     if path.suffix == ".xml":
         return OpenVinoPredictor(path, device, throughput=throughput, threads=threads)
     if path.suffix == ".onnx":
