@@ -11,7 +11,7 @@ from pathlib import Path, PurePath
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from otxlite import DataError, OtxliteError
+from otxlite import DataError
 from otxlite.files import is_regular
 
 log = logging.getLogger("otxlite")
