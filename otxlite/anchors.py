@@ -197,14 +197,20 @@ def finest_stride(model, side=256):
     return min(side / f.shape[-1] for f in blank_features(model, side, side))
 
 
+def median_sides(samples, input_size, schema):
+    """{class name: its median object side (square root of the area) at the model's input}, for the classes with
+    objects, in schema order; ignored regions left out."""
+    boxes, labels, _ = boxes_at_input(samples, input_size, {l["name"]: l["id"] for l in schema["labels"]})
+    sides = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    return {label["name"]: float(sides[labels == label["id"]].median()) for label in schema["labels"]
+            if (labels == label["id"]).any()}
+
+
 def warn_small_objects(model, template, samples, schema):
     """Warn once when a class's median object size at the model's input is under SMALL_OBJECT px, saying what to
     use: a larger input, and a template with finer features when the model's are too coarse for such objects."""
     input_size = InputSize.of(model)
-    boxes, labels, _ = boxes_at_input(samples, input_size, {l["name"]: l["id"] for l in schema["labels"]})
-    sides = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
-    small = {label["name"]: float(sides[labels == label["id"]].median()) for label in schema["labels"]
-             if (labels == label["id"]).any() and float(sides[labels == label["id"]].median()) < SMALL_OBJECT}
+    small = {name: side for name, side in median_sides(samples, input_size, schema).items() if side < SMALL_OBJECT}
     if not small:
         return
     smallest = min(small.values())

@@ -522,21 +522,23 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def load(self, index):
         """Sample index as (tv_tensors.Image, {"boxes": tv_tensors.BoundingBoxes, "labels": tensor}), with
-        "masks" (tv_tensors.Mask, one uint8 mask per box) when the dataset has masks."""
+        "masks" (tv_tensors.Mask, one uint8 mask per box) when the dataset has masks; a tile's pixels only."""
         sample = self.samples[index]
         try:
             image = torch.from_numpy(decode_image(sample.image).copy()).permute(2, 0, 1)
         except (OSError, SyntaxError, ValueError) as err:
             raise DataError(f"{sample.image}: cannot decode image ({err}). Replace or remove it.") from None
         trained = [i for i, ignored in enumerate(sample.ignored) if not ignored]
+        x0, y0, x1, y1 = sample.window or (0, 0, image.shape[2], image.shape[1])
         boxes = torch.tensor([sample.boxes[i] for i in trained], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.label_ids[sample.classes[i]] for i in trained], dtype=torch.int64)
-        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=image.shape[-2:]),
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(y1 - y0, x1 - x0)),
                   "labels": labels}
         if self.masks:
             shapes = [sample.shapes[i] for i in trained]
-            target["masks"] = tv_tensors.Mask(torch.from_numpy(instance_masks(shapes, *image.shape[:0:-1])))
-        return tv_tensors.Image(image), target
+            masks = torch.from_numpy(instance_masks(shapes, *image.shape[:0:-1]))
+            target["masks"] = tv_tensors.Mask(masks[:, y0:y1, x0:x1])
+        return tv_tensors.Image(image[:, y0:y1, x0:x1]), target
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)

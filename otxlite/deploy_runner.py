@@ -32,13 +32,67 @@ class Detector:
 
     def __call__(self, image):
         """HxWx3 uint8 RGB array -> boxes [N, 4] (x1, y1, x2, y2), scores [N], label ids [N], and for instance
-        segmentation each box's mask probabilities [N, M, M] (paste_mask puts one into the image), else None."""
+        segmentation each box's mask probabilities [N, M, M] (paste_mask puts one into the image), else None.
+        A model trained with tiling (config.json's "tiling") runs on the whole image and on its tiles, and the
+        detections are merged as otxlite merges them (otxlite/tiling.py)."""
+        settings = self.config.get("tiling")
+        height, width = image.shape[:2]
+        windows = [(0, 0, width, height)] + (tile_windows(height, width, settings) if settings else [])
+        parts = [self.run(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows]
+        return parts[0] if len(parts) == 1 else merged(parts, windows, height, width, settings["merge_iou"])
+
+    def run(self, image):
+        """The model on one image (or tile): its detections in that image's pixels."""
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], np.float32) / 255
         result = self.model([tensor])
         boxes, scores, labels, *masks = (result[output] for output in self.model.outputs)
         kept = labels.reshape(-1) > 0  # a background row is no detection
         masks = masks[0].reshape(len(kept), *masks[0].shape[-2:])[kept] if masks else None
         return boxes.reshape(-1, 4)[kept], scores.reshape(-1)[kept], labels.reshape(-1)[kept], masks
+
+
+def tile_windows(height, width, settings):
+    """The tiles (x0, y0, x1, y1) of an image, as otxlite.tiling.windows cuts them."""
+    size = settings["tile_size"]
+    while len(tile_starts(width, size, settings["overlap"])) * len(tile_starts(height, size, settings["overlap"])) \
+            > settings["max_tiles"]:
+        size = -(-size * 11 // 10)
+    if width <= size and height <= size:
+        return []
+    return [(x, y, min(x + size, width), min(y + size, height)) for y in tile_starts(height, size, settings["overlap"])
+            for x in tile_starts(width, size, settings["overlap"])]
+
+
+def tile_starts(length, size, overlap):
+    if length <= size:
+        return [0]
+    step = max(1, round(size * (1 - overlap)))
+    return list(range(0, length - size, step)) + [length - size]
+
+
+def merged(parts, windows, height, width, iou_threshold):
+    """Detections of the whole image (first) and its tiles in image pixels: a tile's detections within 2 px of one
+    of its inner edges dropped, the rest merged by class-wise NMS (a box overlapping a better one of its class by
+    IoU above iou_threshold goes), best score first."""
+    kept = []
+    for index, ((boxes, scores, labels, masks), (x0, y0, x1, y1)) in enumerate(zip(parts, windows)):
+        boxes = boxes + np.array([x0, y0, x0, y0], np.float32)
+        inner_cut = (((boxes[:, 0] <= x0 + 2) & (x0 > 0)) | ((boxes[:, 1] <= y0 + 2) & (y0 > 0))
+                     | ((boxes[:, 2] >= x1 - 2) & (x1 < width)) | ((boxes[:, 3] >= y1 - 2) & (y1 < height)))
+        chosen = ~inner_cut if index else np.ones(len(boxes), bool)
+        kept.append((boxes[chosen], scores[chosen], labels[chosen], None if masks is None else masks[chosen]))
+    boxes, scores, labels = (np.concatenate([part[i] for part in kept]) for i in range(3))
+    masks = None if kept[0][3] is None else np.concatenate([part[3] for part in kept])
+    order, keep = np.argsort(-scores, kind="stable"), []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        corner_low, corner_high = np.maximum(boxes[best, :2], boxes[rest, :2]), np.minimum(boxes[best, 2:], boxes[rest, 2:])
+        overlap = np.prod(np.clip(corner_high - corner_low, 0, None), axis=1)
+        areas = np.prod(boxes[rest, 2:] - boxes[rest, :2], axis=1) + np.prod(boxes[best, 2:] - boxes[best, :2])
+        order = rest[(overlap / np.maximum(areas - overlap, 1e-9) <= iou_threshold) | (labels[rest] != labels[best])]
+    keep = np.array(keep, np.int64)
+    return boxes[keep], scores[keep], labels[keep], None if masks is None else masks[keep]
 
 
 def paste_mask(mask, box, height, width):

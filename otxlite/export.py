@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from otxlite import OtxliteError, __version__
+from otxlite.tiling import settings_of
 from otxlite.tasks import MASK_OUTPUT, task_of
 from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
                            write_label_schema)
@@ -89,6 +90,7 @@ def export_model(model, checkpoint, output, formats=FORMATS, precision="FP32"):
         "template_id": checkpoint["template"]["id"], "architecture": checkpoint["template"]["model"]["architecture"],
         "input_size": json.loads(metadata["input_size"]), "mean_std": "inside the model",
         "confidence_threshold": checkpoint["confidence_threshold"], "precision": precision,
+        "tiling": settings_of(checkpoint["template"]),
         "openvino_inference_precision": "f32 (otxlite sets INFERENCE_PRECISION_HINT; the CPU plugin's default is "
                                         "bf16 on CPUs with AMX)",
         "otxlite_version": __version__})

@@ -15,6 +15,7 @@ from otxlite.evaluate import performance_report, score
 from otxlite.files import load_checkpoint, save_checkpoint
 from otxlite.models import load_state
 from otxlite.predictors import TorchPredictor, predict
+from otxlite.tiling import with_tiling
 from otxlite.tasks import task_of
 
 log = logging.getLogger("otxlite")
@@ -176,7 +177,8 @@ def tune_threshold(weights_path, model, template, schema, val_samples, val_loade
     load_state(model, checkpoint["model"], weights_path)
     postprocessing = template["hyper_parameters"]["postprocessing"]
     fixed = None if postprocessing["result_based_confidence_threshold"] else postprocessing["confidence_threshold"]
-    predictions = distributed.gather_shards(predict(TorchPredictor(model, schema, fixed, template, device), val_loader))
+    predictions = distributed.gather_shards(predict(with_tiling(TorchPredictor(model, schema, fixed, template, device)),
+                                                    val_loader))
     performance, result = score(val_samples, predictions, schema, fixed)
     if not distributed.is_main():
         return

@@ -14,6 +14,7 @@ from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import KEY_PREFIX, coco_map, evaluate, headline_figures
 from otxlite.export import export, export_model, save_openvino
 from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
+from otxlite.tiling import training_samples
 from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images, signal_stack_kept
 from otxlite.qat import WEIGHTS_INT8, quantization_aware_training
 from otxlite.quantization import (OUTSIDE_QUANTIZED_MODULES_IN_EXPORT, QUANTIZED_MODULES, checked_subset_size,
@@ -71,8 +72,9 @@ def quantize_ir(model_path, specs, output, subset_size, preset, max_accuracy_dro
     config = read_json(config_path) if config_path.is_file() else {}
 
     train = load_split(specs["train"], known_classes=label_names(fp32.schema))
-    subset_size = checked_subset_size(subset_size, len(train.samples), specs["train"])
-    subset = random.Random(0).sample(train.samples, subset_size)
+    train_samples = training_samples(train.samples, fp32.template)  # with tiling, the tiles the model sees
+    subset_size = checked_subset_size(subset_size, len(train_samples), specs["train"])
+    subset = random.Random(0).sample(train_samples, subset_size)
     calibration = nncf.Dataset(decoded_images(subset, fp32.schema), exported_input)
     settings = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset_size,
                 "ignored_scope": nncf.IgnoredScope(patterns=[OUTSIDE_QUANTIZED_MODULES_IN_EXPORT], validate=False)}

@@ -17,6 +17,7 @@ from otxlite.files import load_weights, read_label_schema
 from otxlite.models import input_size
 from otxlite.saliency import recorded_saliency
 from otxlite.tasks import MASK_OUTPUT, as_detections, task_of
+from otxlite.tiling import with_tiling
 
 METADATA_KEYS = ("labels", "confidence_threshold", "template")  # what otxlite export embeds and needs back
 OPTIONAL_METADATA_KEYS = ("mask_output", "input_size")  # for some tasks only, or from later versions
@@ -214,6 +215,7 @@ def load_predictor(path, device="auto", throughput=False, threads=None, explain=
     throughput=True: OpenVINO runs a call's images as parallel requests (for batch prediction).
     threads: how many CPU threads the model may use (default: the runtime's choice, every core).
     explain=True: detections carry per-class saliency maps (otxlite.saliency); weights.pth only, for now.
+    A model trained with tiling predicts tiled (otxlite.tiling), from the settings its template carries.
     """
     from otxlite.models import model_from_checkpoint
 
@@ -226,15 +228,15 @@ def load_predictor(path, device="auto", throughput=False, threads=None, explain=
         checkpoint = load_weights(path)
         schema = read_label_schema(path, expected=checkpoint["labels"])
         model = model_from_checkpoint(checkpoint, path)
-        return TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"], device,
-                              explain)
+        return with_tiling(TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"],
+                                          device, explain))
     if explain:
         raise ModelFileError(f"{path}: saliency maps come from a weights.pth for now; pass the weights.pth this "
                              f"model was exported from.")
     if path.suffix == ".xml":
-        return OpenVinoPredictor(path, device, throughput=throughput, threads=threads)
+        return with_tiling(OpenVinoPredictor(path, device, throughput=throughput, threads=threads))
     if path.suffix == ".onnx":
-        return OnnxPredictor(path, device, threads)
+        return with_tiling(OnnxPredictor(path, device, threads))
     raise ModelFileError(f"{path}: unknown model file type '{path.suffix}'. "
                        f"Pass a weights.pth, model.onnx or openvino.xml.")
 

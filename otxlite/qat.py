@@ -16,6 +16,7 @@ from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, load
 from otxlite.loop import lr_schedule, on_device, train_one_epoch, tune_threshold
 from otxlite.models import InputSize, load_state, model_from_checkpoint
 from otxlite.predictors import TorchPredictor, pick_device, predict
+from otxlite.tiling import training_samples, with_tiling
 from otxlite.quantization import checked_subset_size, quantization_config, quantize_model, rebuild_quantized
 from otxlite.tasks import task_of
 from otxlite.templates import apply_overrides
@@ -47,14 +48,15 @@ def quantization_aware_training(weights, specs, output, subset_size, preset, max
                            "training mode). Use params --learning_parameters.batch_size 2 or more.")
     task, device = task_of(schema), pick_device(device)
     train = load_split(specs["train"], known_classes=label_names(schema), masks=task.masks)
+    train_samples = training_samples(train.samples, template)
     val = load_split(specs["val"], known_classes=label_names(schema))
-    subset_size = checked_subset_size(subset_size, len(train.samples), specs["train"])
+    subset_size = checked_subset_size(subset_size, len(train_samples), specs["train"])
     model = model_from_checkpoint(checkpoint, weights).to(device)
     val_loader = make_loader(val.samples, schema, params, device)
 
     def validate(network):
-        return coco_map(val.samples, predict(TorchPredictor(network, schema, None, template, device), val_loader),
-                        schema)
+        predictor = with_tiling(TorchPredictor(network, schema, None, template, device))
+        return coco_map(val.samples, predict(predictor, val_loader), schema)
 
     started = time.perf_counter()
     fp32 = state["fp32_metrics"] if state else validate(model)
@@ -63,12 +65,12 @@ def quantization_aware_training(weights, specs, output, subset_size, preset, max
         load_state(quantized, state["model"], last_path)
         log.info("Resuming quantization-aware training from epoch %d of %s", state["epoch"], last_path)
     else:
-        subset = random.Random(0).sample(train.samples, subset_size)
+        subset = random.Random(0).sample(train_samples, subset_size)
         calibration = make_loader(subset, schema, {**params, "batch_size": 1}, device)
         log.info("Quantizing %s (PyTorch) to INT8: %d calibration images from %s, preset %s", weights, subset_size,
                  specs["train"].ann_files, preset)
         quantized = quantize_model(model, calibration, lambda batch: on_device(batch, device)[0], preset, subset_size)
-    train_loader = make_loader(train.samples, schema, params, device, train=True, input_size=InputSize.of(model),
+    train_loader = make_loader(train_samples, schema, params, device, train=True, input_size=InputSize.of(model),
                                masks=task.masks)
     optimizer = torch.optim.SGD([p for p in quantized.parameters() if p.requires_grad], lr=params["learning_rate"],
                                 momentum=params["momentum"], weight_decay=params["weight_decay"])

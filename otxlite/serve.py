@@ -4,13 +4,19 @@ The model is loaded as the API loads it (`otxlite.load`) and runs through the sa
 so an image gets the same detections either way.
 """
 
+import base64
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from otxlite import ArgumentError, DataError, OtxliteError
+import numpy as np
+from PIL import Image
+
+from otxlite import ArgumentError, DataError, ModelFileError, OtxliteError
 from otxlite.api import load
 from otxlite.formats.base import EmbeddedImage, decode_reporting_truncation
+from otxlite.predictors import load_predictor
 from otxlite.service import Limits, Model, RequestError, create_app, run
 
 BACKENDS = {".pth": "pytorch", ".onnx": "onnxruntime", ".xml": "openvino"}
@@ -20,7 +26,7 @@ class LoadedModel(Model):
     """A model file loaded as the API loads it, as the service's Model (see otxlite.service)."""
 
     def __init__(self, path, device="auto"):
-        self.loaded = load(path, device)
+        self.loaded, self.path, self.device, self.explainer = load(path, device), path, device, None
         path, schema = Path(path), self.loaded.schema
         self.name = path.parent.name or path.stem
         self.threshold = self.loaded.confidence_threshold
@@ -44,6 +50,25 @@ class LoadedModel(Model):
 
     def records(self, found, shape, threshold, file_name):
         return self.loaded.detections(found, shape, threshold).to_coco(1, file_name)
+
+    def explain(self, image):
+        """Saliency maps as grey PNGs (a pixel's value / 255 is the class's probability there; the map spans the
+        image), from a second copy of the model loaded with explain on at the first request."""
+        if self.explainer is None:
+            try:
+                self.explainer = load_predictor(self.path, self.device, explain=True)
+            except ModelFileError as err:
+                raise RequestError(422, f"explain=true: {err}") from None
+        found = self.explainer([image])[0]
+        return found, {label["name"]: png_base64(saliency_map) for label, saliency_map in
+                       zip(self.loaded.schema["labels"], found["saliency"])}
+
+
+def png_base64(saliency_map):
+    """A [h, w] map of probabilities as a base64 8-bit grey PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(np.clip(saliency_map, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 @dataclass(frozen=True)

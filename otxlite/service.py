@@ -54,6 +54,11 @@ class Model:
         """One image's detections above threshold as COCO result records (image_id 1), as predict writes them."""
         raise NotImplementedError
 
+    def explain(self, image):
+        """(raw detections, {class name: saliency map as a base64 PNG}) of one RGB array, for ?explain=true."""
+        raise RequestError(422, "explain=true: this service's model gives no saliency maps; serve a weights.pth "
+                                "with `otxlite serve` for them.")
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -185,13 +190,26 @@ class Service:
             raise RequestError(422, f"threshold {value!r}: give a number between 0 and 1.")
         return threshold
 
-    async def predict(self, data, file_name, threshold):
-        """COCO result records for one encoded image, as `otxlite predict` writes them (image_id 1)."""
+    async def predict(self, data, file_name, threshold, explain=False):
+        """COCO result records for one encoded image, as `otxlite predict` writes them (image_id 1); with explain,
+        {"detections": those records, "saliency": {class name: base64 PNG}} (run outside the batches)."""
         if not data:
             raise RequestError(400, "empty body: send an image (JPEG, PNG, BMP, TIFF or WebP).")
         image = self.model.decode(data, file_name)
+        if explain:
+            found, maps = await asyncio.get_running_loop().run_in_executor(None, self.model.explain, image)
+            return {"detections": self.model.records(found, image.shape[:2], threshold, file_name), "saliency": maps}
         found = await self.batcher.detect(image)
         return self.model.records(found, image.shape[:2], threshold, file_name)
+
+
+def parse_flag(name, value):
+    """A query flag: true/1/yes or false/0/no (any case), absent for false; RequestError 422 otherwise."""
+    if value is None or value.lower() in ("false", "0", "no"):
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    raise RequestError(422, f"{name} {value!r}: give true or false.")
 
 
 def file_name_for(content_type, given=None):
@@ -298,9 +316,9 @@ def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
         return b"".join(chunks)
 
     @app.post("/predict")
-    async def predict(request: Request, threshold: str | None = None):
+    async def predict(request: Request, threshold: str | None = None, explain: str | None = None):
         """Detections for one image: multipart (any file field) or a raw body with an image content type."""
-        threshold = service.parse_threshold(threshold)
+        threshold, explain = service.parse_threshold(threshold), parse_flag("explain", explain)
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type == "multipart/form-data":
             form = await request.form()
@@ -314,7 +332,7 @@ def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
         else:
             raise RequestError(415, f"content type {content_type or 'none'}: send the image as multipart/form-data "
                                     f"or as a raw body with an image type ({', '.join(IMAGE_TYPES)}).")
-        return await service.predict(data, file_name_for(content_type, name), threshold)
+        return await service.predict(data, file_name_for(content_type, name), threshold, explain)
 
     @app.get("/health")
     async def health():

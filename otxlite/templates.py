@@ -79,6 +79,26 @@ class Ema(Strict):
                                                  "-power), so the average spans more of the run as it goes on")
 
 
+class Tiling(Strict):
+    enable: bool | Literal["auto"] = Field("auto", description="train and predict on overlapping tiles; auto: when "
+                                                               "the training set's small objects call for it (train "
+                                                               "logs the decision and its reason)")
+    tile_size: int | None = Field(None, ge=16, description="tile side in image pixels; unset: the median object "
+                                                           "covers object_tile_ratio of a tile, at least the model's "
+                                                           "input side")
+    overlap: float = Field(0.2, ge=0, lt=1, description="share of a tile that its neighbour overlaps")
+    max_tiles: int = Field(64, ge=1, description="most tiles per image; tiles grow on larger images")
+    object_tile_ratio: float = Field(0.03, gt=0, le=1, description="the median object's area as a share of a tile's, "
+                                                                  "which sets an unset tile_size")
+    min_visibility: float = Field(0.5, ge=0, le=1, description="a box cut by a training tile's edge is dropped when "
+                                                               "less of its area than this remains in the tile")
+    sampling_ratio: float = Field(1.0, gt=0, le=1, description="share of the training tiles with objects used")
+    empty_tile_ratio: float = Field(0.1, ge=0, le=1, description="share of the training tiles without objects used, "
+                                                                 "relative to sampling_ratio")
+    merge_iou: float = Field(0.5, gt=0, le=1, description="IoU above which the NMS that merges the tiles' and the "
+                                                          "whole image's detections keeps only the best of a class")
+
+
 class HyperParameters(Strict):
     learning_parameters: LearningParameters
     postprocessing: Postprocessing
@@ -88,6 +108,7 @@ class HyperParameters(Strict):
                     "arguments; true for the defaults, false to leave one out")
     anchors: Anchors = Field(default_factory=Anchors)
     ema: Ema = Field(default_factory=Ema)
+    tiling: Tiling = Field(default_factory=Tiling)
     distributed: Distributed = Field(default_factory=Distributed)
     qat: Qat = Field(default_factory=Qat)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from otxlite import OtxliteError, __version__, distributed
+from otxlite import OtxliteError, __version__, distributed, tiling
 from otxlite.anchors import fit_anchors, warn_small_objects
 from otxlite.augment import Pipeline, without_heavy
 from otxlite.data import adaptive_repeats, hold_out_val, load_splits, make_loader, require_splits
@@ -109,23 +109,25 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     model = build_model(template, len(schema["labels"]), pretrained=pretrained)
     if load_weights:
         start_from(model, load_weights, schema)
-    warn_small_objects(model, template, splits["train"].samples, schema)
+    template = tiling.decided(template, model, splits["train"].samples, schema)
+    train_samples = tiling.training_samples(splits["train"].samples, template, seed)
+    warn_small_objects(model, template, train_samples, schema)
     if state is None and not template["model"].get("anchors"):
         # seeded, so every rank fits the same anchors
-        template = fit_anchors(model, template, splits["train"].samples, schema, pretrained)
+        template = fit_anchors(model, template, train_samples, schema, pretrained)
     model.to(device)
     ema = moving_average(model, template["hyper_parameters"]["ema"])
     evaluated = model if ema is None else ema.module  # what is validated, saved and exported
     trained = distributed.wrap(model, device, settings["sync_bn"])
 
-    repeats = adaptive_repeats(len(splits["train"].samples), params["batch_size"] * world_size) \
+    repeats = adaptive_repeats(len(train_samples), params["batch_size"] * world_size) \
         if params["adaptive_repeat"] else 1
     if repeats > 1:
         log.info("Small training set: each epoch passes over its %d images %d times (adaptive_repeat).",
-                 len(splits["train"].samples), repeats)
+                 len(train_samples), repeats)
 
     def training_loader(augmentation):
-        return make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
+        return make_loader(train_samples, schema, params, device, train=True, seed=seed,
                            pipeline=Pipeline(augmentation), input_size=InputSize.of(model), masks=task.masks,
                            rank=rank, world_size=world_size, repeats=repeats)
 
@@ -136,7 +138,7 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     if state is None and main:
         draw_batch(train_loader, schema, output / "train_batch.jpg")
     val_loader = make_loader(splits["val"].samples[rank::world_size], schema, params, device)  # this rank's share
-    statistics_loader = make_loader(splits["train"].samples, schema, params, device, train=True, seed=seed,
+    statistics_loader = make_loader(train_samples, schema, params, device, train=True, seed=seed,
                                     masks=task.masks, rank=rank, world_size=world_size)  # as validation sees them
     learning_rate = params["learning_rate"] * (world_size if settings["scale_lr"] else 1)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
@@ -177,13 +179,13 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                                  params["num_iters"], ema=ema)
         train_seconds = time.perf_counter() - started
         reestimate_batchnorm(evaluated, statistics_loader, device, BATCHNORM_IMAGES // world_size)
-        predictions = distributed.gather_shards(predict(TorchPredictor(evaluated, schema, None, template, device),
-                                                        val_loader))
+        predictions = distributed.gather_shards(predict(
+            tiling.with_tiling(TorchPredictor(evaluated, schema, None, template, device)), val_loader))
         metrics = coco_map(splits["val"].samples, predictions, schema)
         row = {"epoch": epoch + 1, **losses, "lr": optimizer.param_groups[0]["lr"],
                **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - started, 2),
-               "images_per_s": round(repeats * len(splits["train"].samples) / train_seconds, 2)}
+               "images_per_s": round(repeats * len(train_samples) / train_seconds, 2)}
         history.append(row)
         smoothed = smoothed_val(history, f"val_{task.headline}", window)
         # a tie goes to the later epoch: trained longer at a lower learning rate (val saturates on easy data)

@@ -2,6 +2,7 @@
 
 import base64
 import decimal
+import io
 import json
 import os
 import shutil
@@ -123,6 +124,10 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_good_ones_still_their_ans
          "threshold 'x'"),
         (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"threshold": "1.5"}), 422,
          "between 0 and 1"),
+        (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"explain": "maybe"}), 422,
+         "explain 'maybe': give true or false"),
+        (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"explain": "true"}), 422,
+         "saliency maps come from a weights.pth"),
         (lambda: requests.get(running.url + "/nowhere", timeout=10), 404, "no route GET /nowhere"),
         (lambda: requests.post(running.url + "/v2/models/other/infer", json={}, timeout=10), 404, "no model 'other'"),
         (lambda: requests.post(running.url + "/v2/models/export/infer", data=b"{", timeout=10), 400,
@@ -139,6 +144,26 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_good_ones_still_their_ans
     assert 'otxlite_requests_total{route="/predict",status="400"} 6.0' in metrics
     assert "otxlite_batch_size_bucket" in metrics and "otxlite_queue_depth" in metrics
     assert 'otxlite_request_latency_seconds_count{route="/predict"}' in metrics
+
+
+@FASTER_RCNN
+def test_explain_true_answers_the_detections_with_each_class_saliency_map(exported, server):
+    from PIL import Image
+
+    from otxlite.predictors import load_predictor
+
+    running = server(exported[0])
+    answer = running.predict(threshold=0.05, explain="true")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["detections"] == running.predict(threshold=0.05).json()
+    image = np.asarray(Image.open(IMAGE).convert("RGB"))
+    expected = load_predictor(exported[0], "cpu", explain=True)([image])[0]["saliency"]
+    maps = answer.json()["saliency"]
+    assert list(maps) == ["WBC", "RBC", "Platelets"]
+    for saliency_map, text in zip(expected, maps.values()):
+        png = np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+        assert png.dtype == np.uint8 and png.shape == saliency_map.shape
+        assert np.abs(png.astype(int) - np.round(saliency_map * 255)).max() <= 1
 
 
 @FASTER_RCNN

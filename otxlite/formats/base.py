@@ -153,6 +153,7 @@ class Sample:
     ignored: list = field(default_factory=list)  # per box: a crowd or difficult region
     declared_size: tuple | None = None  # (width, height) the annotation states, compared with the image's
     shapes: list = field(default_factory=list)  # per box: its instance shape, or None
+    window: tuple | None = None  # a tile (x0, y0, x1, y1) of the image: boxes, width and height are the tile's
 
     def add(self, box, name, record, ignored=False, shape=None):
         self.boxes.append(box)
