@@ -342,14 +342,15 @@ class Engine:
         performance = evaluate(path, self.specs, output, save_performance, parse_overrides(params), self.device)
         return Evaluation.of(performance, path, output)
 
-    def export(self, model=None, output=None, formats=("onnx", "openvino"), precision="FP32"):
+    def export(self, model=None, output=None, formats=("onnx", "openvino"), precision="FP32", explain=False):
         """Export a weights.pth (default: the last trained) to ONNX and OpenVINO IR in output (default:
-        work_dir/export). Returns a Run whose model is openvino.xml (or model.onnx when only ONNX is asked)."""
+        work_dir/export). Returns a Run whose model is openvino.xml (or model.onnx when only ONNX is asked).
+        explain: the exported models also output their saliency maps, for `explain` in one inference."""
         from otxlite.export import export
 
         output = Path(output) if output else self.work_dir / "export"
         refuse_overwriting({"--output": output}, model_inputs(self._model(model)))
-        paths = export(self._model(model), output, tuple(formats), precision)
+        paths = export(self._model(model), output, tuple(formats), precision, explain)
         files = {path.name: path for path in paths}
         self.model = files.get("openvino.xml") or paths[0]
         return Run(output, self.model, files | metadata_files(output), read_json(output / "config.json"))

@@ -193,11 +193,13 @@ def evaluate(template, load_weights, data, save_performance, output, device, ove
               show_default=True)
 @click.option("--precision", type=click.Choice(["FP32", "FP16"]), default="FP32", show_default=True,
               help="Weights of the OpenVINO IR.")
-def export(load_weights, output, export_format, precision):
+@click.option("--explain", is_flag=True, help="The models also output per-class saliency maps, so that `otxlite "
+                                                "explain` runs on them in one inference.")
+def export(load_weights, output, export_format, precision, explain):
     """Export a weights.pth to ONNX (model.onnx) and OpenVINO IR (openvino.xml + .bin)."""
     setup_logging()
     Engine().export(load_weights, output, ("onnx", "openvino") if export_format == "all" else (export_format,),
-                    precision)
+                    precision, explain)
 
 
 @cli.command(cls=ParamsCommand, epilog=epilog("optimize", "With --method qat, " + PARAMS_HELP[0].lower() +

@@ -45,9 +45,10 @@ class Detector:
         """The model on one image (or tile): its detections in that image's pixels."""
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], np.float32) / 255
         result = self.model([tensor])
-        boxes, scores, labels, *masks = (result[output] for output in self.model.outputs)
+        named = {name: result[output] for output in self.model.outputs for name in output.get_names()}
+        boxes, scores, labels, masks = named["boxes"], named["scores"], named["labels"], named.get("masks")
         kept = labels.reshape(-1) > 0  # a background row is no detection
-        masks = masks[0].reshape(len(kept), *masks[0].shape[-2:])[kept] if masks else None
+        masks = masks.reshape(len(kept), *masks.shape[-2:])[kept] if masks is not None else None
         return boxes.reshape(-1, 4)[kept], scores.reshape(-1)[kept], labels.reshape(-1)[kept], masks
 
 

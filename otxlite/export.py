@@ -1,5 +1,6 @@
 """`otxlite export`: weights.pth -> model.onnx and OpenVINO IR, self-describing, same detections."""
 
+import contextlib
 import io
 import json
 import logging
@@ -12,6 +13,7 @@ import torch
 import torchvision
 
 from otxlite import OtxliteError, __version__
+from otxlite.saliency import SALIENCY, recorded_saliency
 from otxlite.tiling import settings_of
 from otxlite.tasks import MASK_OUTPUT, task_of
 from otxlite.files import (load_weights, make_folder, read_label_schema, write_atomic, write_json,
@@ -26,18 +28,21 @@ FORMATS = ("onnx", "openvino")
 
 class ExportWrapper(torch.nn.Module):
     """[1, 3, H, W] RGB in 0..1 -> the task's outputs: boxes [N, 4] in the image's pixels, scores [N], labels [N],
-    and for instance segmentation masks [N, 1, 28, 28] (each box's mask probabilities, not pasted: MASK_OUTPUT).
+    and for instance segmentation masks [N, 1, 28, 28] (each box's mask probabilities, not pasted: MASK_OUTPUT);
+    with explain, then saliency [classes, h, w] (otxlite.saliency's maps, from the same forward pass).
 
     Resizing, normalisation, box decoding and NMS are the torchvision model's own, inside the graph.
     """
 
-    def __init__(self, model, outputs):
+    def __init__(self, model, outputs, explain=False):
         super().__init__()
-        self.model, self.outputs = model, outputs
+        self.model, self.outputs, self.explain = model, outputs, explain
 
     def forward(self, image):
-        output = self.model([image[0]])[0]
-        return tuple(output[name] for name in self.outputs)
+        with recorded_saliency(self.model) if self.explain else contextlib.nullcontext() as saliency:
+            output = self.model([image[0]])[0]
+            maps = (saliency()[0],) if self.explain else ()
+        return tuple(output[name] for name in self.outputs) + maps
 
 
 def model_metadata(checkpoint, model):
@@ -49,18 +54,18 @@ def model_metadata(checkpoint, model):
             **({"mask_output": MASK_OUTPUT} if task_of(checkpoint["labels"]).masks else {})}
 
 
-def export(weights, output, formats=FORMATS, precision="FP32"):
+def export(weights, output, formats=FORMATS, precision="FP32", explain=False):
     """Export a weights.pth (or a quantization-aware-trained weights_int8.pth) to output/model.onnx and/or
-    output/openvino.xml (+ .bin); returns the paths."""
+    output/openvino.xml (+ .bin); returns the paths. explain: the models also output saliency maps (SALIENCY)."""
     weights = Path(weights)
     checkpoint = load_weights(weights)
     read_label_schema(weights, expected=checkpoint["labels"])
     if precision not in ("FP32", "FP16"):
         raise OtxliteError(f"--precision {precision}: use FP32 or FP16.")
-    return export_model(model_from_checkpoint(checkpoint, weights), checkpoint, output, formats, precision)
+    return export_model(model_from_checkpoint(checkpoint, weights), checkpoint, output, formats, precision, explain)
 
 
-def export_model(model, checkpoint, output, formats=FORMATS, precision="FP32"):
+def export_model(model, checkpoint, output, formats=FORMATS, precision="FP32", explain=False):
     """Export model, built from checkpoint (or quantized from it, with checkpoint["quantization"]), to output.
 
     A quantized model becomes an INT8 IR: its NNCF FakeQuantize nodes are OpenVINO operations, which ONNX
@@ -77,8 +82,10 @@ def export_model(model, checkpoint, output, formats=FORMATS, precision="FP32"):
     outputs = task_of(schema).outputs
     metadata = model_metadata(checkpoint, model)
     onnx_path = output / "model.onnx"
-    log.info("Exporting %s to ONNX (opset %d)", checkpoint["template"]["id"], OPSET)
-    export_onnx(ExportWrapper(model, outputs).eval(), onnx_path, metadata, outputs)
+    log.info("Exporting %s to ONNX (opset %d)%s", checkpoint["template"]["id"], OPSET,
+             " with its saliency maps as a last output" if explain else "")
+    export_onnx(ExportWrapper(model, outputs, explain).eval(), onnx_path, metadata,
+                outputs + ((SALIENCY,) if explain else ()))
     written = [onnx_path]
     if "openvino" in formats:
         written.append(export_openvino(onnx_path, output / "openvino.xml", metadata, precision))
@@ -142,7 +149,8 @@ def export_onnx(model, path, metadata, outputs):
         torch.onnx.export(model, (torch.rand(1, 3, 480, 640),), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["image"], output_names=list(outputs),
                           dynamic_axes={"image": {2: "height", 3: "width"},
-                                        **{name: {0: "detections"} for name in outputs}})
+                                        **{name: {0: "detections"} if name != SALIENCY else
+                                           {1: "map_height", 2: "map_width"} for name in outputs}})
     proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)

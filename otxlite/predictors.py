@@ -15,7 +15,7 @@ import torch
 from otxlite import ArgumentError, ModelFileError
 from otxlite.files import load_weights, read_label_schema
 from otxlite.models import input_size
-from otxlite.saliency import recorded_saliency
+from otxlite.saliency import SALIENCY, recorded_saliency
 from otxlite.tasks import MASK_OUTPUT, as_detections, task_of
 from otxlite.tiling import with_tiling
 
@@ -72,7 +72,7 @@ def pick_device(name):
 class ExportedPredictor:
     """Shared by exported models: metadata -> schema/threshold/template; HWC uint8 -> [1, 3, H, W] 0..1."""
 
-    def __init__(self, path, metadata, device):
+    def __init__(self, path, metadata, device, output_names, explain=False):
         missing = [k for k in METADATA_KEYS if k not in metadata]
         if missing:
             raise ModelFileError(f"{path}: not an otxlite export (no {', '.join(missing)} in its metadata). "
@@ -84,6 +84,10 @@ class ExportedPredictor:
         self.input_size = json.loads(metadata["input_size"]) if "input_size" in metadata else None
         self.device = device
         self.outputs = task_of(self.schema).outputs
+        if explain and SALIENCY not in output_names:
+            raise ModelFileError(f"{path}: exported without saliency maps. Export the weights.pth with `otxlite "
+                                 f"export --explain`, or pass the weights.pth itself.")
+        self.explain = explain
         if "masks" in self.outputs and metadata.get("mask_output") != MASK_OUTPUT:
             raise ModelFileError(f"{path}: exported by an earlier otxlite, which pasted the masks inside the model. "
                                f"Export it again with `otxlite export` (masks now leave the model per box).")
@@ -92,8 +96,12 @@ class ExportedPredictor:
         return [self.detections(self.run(exported_input(image)), image.shape[:2]) for image in images]
 
     def detections(self, outputs, image_size):
-        """An exported model's outputs (in the task's order) for an image of image_size (H, W) as a detections dict."""
-        return as_detections(dict(zip(self.outputs, outputs)), image_size)
+        """An exported model's outputs (in the task's order, then the saliency maps when it has them) for an image
+        of image_size (H, W) as a detections dict."""
+        detections = as_detections(dict(zip(self.outputs, outputs)), image_size)
+        if self.explain:
+            detections["saliency"] = np.asarray(outputs[len(self.outputs)], np.float32)
+        return detections
 
 
 def exported_input(image):
@@ -104,7 +112,7 @@ def exported_input(image):
 class OnnxPredictor(ExportedPredictor):
     """model.onnx in ONNX Runtime: the CUDA provider when the device is a GPU, else the CPU."""
 
-    def __init__(self, path, device, threads=None):
+    def __init__(self, path, device, threads=None, explain=False):
         import onnxruntime
 
         cuda = device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
@@ -116,7 +124,8 @@ class OnnxPredictor(ExportedPredictor):
             self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types for unreadable files
             raise ModelFileError(f"{path}: not a readable ONNX model ({cause(err)}).") from None
-        super().__init__(path, self.session.get_modelmeta().custom_metadata_map, device)
+        super().__init__(path, self.session.get_modelmeta().custom_metadata_map, device,
+                         [output.name for output in self.session.get_outputs()], explain)
 
     def run(self, image):
         return self.session.run(None, {"image": image})
@@ -131,7 +140,7 @@ class OpenVinoPredictor(ExportedPredictor):
     this thread starts and waits for: no Python callback runs on OpenVINO's threads.
     """
 
-    def __init__(self, path, device, inference_precision="f32", throughput=False, threads=None):
+    def __init__(self, path, device, inference_precision="f32", throughput=False, threads=None, explain=False):
         import openvino
 
         core = openvino.Core()
@@ -145,7 +154,8 @@ class OpenVinoPredictor(ExportedPredictor):
             raise ModelFileError(f"{path}: not a readable OpenVINO IR ({cause(err)}).") from None
         metadata = {key: model.get_rt_info(["model_info", key]).astype(str)
                     for key in METADATA_KEYS + OPTIONAL_METADATA_KEYS if model.has_rt_info(["model_info", key])}
-        super().__init__(path, metadata, device)
+        super().__init__(path, metadata, device, [name for output in model.outputs for name in output.get_names()],
+                         explain)
         hints = {"INFERENCE_PRECISION_HINT": inference_precision} if inference_precision else {}
         if throughput:
             hints["PERFORMANCE_HINT"] = "THROUGHPUT"
@@ -214,7 +224,8 @@ def load_predictor(path, device="auto", throughput=False, threads=None, explain=
 
     throughput=True: OpenVINO runs a call's images as parallel requests (for batch prediction).
     threads: how many CPU threads the model may use (default: the runtime's choice, every core).
-    explain=True: detections carry per-class saliency maps (otxlite.saliency); weights.pth only, for now.
+    explain=True: detections carry per-class saliency maps (otxlite.saliency): a weights.pth records them, an
+    exported model outputs them when `otxlite export --explain` wrote it.
     A model trained with tiling predicts tiled (otxlite.tiling), from the settings its template carries.
     """
     from otxlite.models import model_from_checkpoint
@@ -230,13 +241,10 @@ def load_predictor(path, device="auto", throughput=False, threads=None, explain=
         model = model_from_checkpoint(checkpoint, path)
         return with_tiling(TorchPredictor(model, schema, checkpoint["confidence_threshold"], checkpoint["template"],
                                           device, explain))
-    if explain:
-        raise ModelFileError(f"{path}: saliency maps come from a weights.pth for now; pass the weights.pth this "
-                             f"model was exported from.")
     if path.suffix == ".xml":
-        return with_tiling(OpenVinoPredictor(path, device, throughput=throughput, threads=threads))
+        return with_tiling(OpenVinoPredictor(path, device, throughput=throughput, threads=threads, explain=explain))
     if path.suffix == ".onnx":
-        return with_tiling(OnnxPredictor(path, device, threads))
+        return with_tiling(OnnxPredictor(path, device, threads, explain))
     raise ModelFileError(f"{path}: unknown model file type '{path.suffix}'. "
                        f"Pass a weights.pth, model.onnx or openvino.xml.")
 

@@ -12,7 +12,6 @@ grid covering the whole image as the model saw it.
 """
 
 import contextlib
-import math
 
 import torch
 from torch.nn.functional import interpolate
@@ -22,6 +21,7 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 PAINT_STRIDE = 8
+SALIENCY = "saliency"  # the name of the maps' output in models exported with `otxlite export --explain`
 
 
 @contextlib.contextmanager
@@ -57,15 +57,20 @@ def saliency_of(model, seen):
     seen["levels"] = []
     padded = images.tensors.shape[-2:]
     if isinstance(model, GeneralizedRCNN):
-        grid = [math.ceil(side / PAINT_STRIDE) for side in padded]
-        maps = painted_proposals(seen["proposals"], seen["box_head"][0].softmax(-1)[:, 1:], grid)
+        maps = painted_proposals(seen["proposals"], seen["box_head"][0].softmax(-1)[:, 1:], padded)
     else:
         maps = level_average(levels, classes=model.head.classification_head.num_columns
                              if isinstance(model, SSD) else model.head.classification_head.num_classes,
                              softmax=isinstance(model, SSD))
-    return [image_maps[:, :math.ceil(height * image_maps.shape[-2] / padded[0]),
-                       :math.ceil(width * image_maps.shape[-1] / padded[1])]
+    return [image_maps[:, :ceil_div(height * image_maps.shape[-2], padded[0]),
+                       :ceil_div(width * image_maps.shape[-1], padded[1])]
             for image_maps, (height, width) in zip(maps, images.image_sizes)]
+
+
+def ceil_div(numerator, denominator):
+    """ceil(numerator / denominator) of positive integers, in integer arithmetic alone: traced for `otxlite export
+    --explain`, sizes are tensors and the result stays dynamic (ONNX's integer division truncates)."""
+    return (numerator + denominator - 1) // denominator
 
 
 def level_average(levels, classes, softmax):
@@ -83,19 +88,21 @@ def level_average(levels, classes, softmax):
     return torch.stack(maps).mean(0)
 
 
-def painted_proposals(proposals, probabilities, grid):
-    """Each proposal's class probabilities [P, classes] painted into its box on a grid of PAINT_STRIDE cells, as
+def painted_proposals(proposals, probabilities, padded):
+    """Each proposal's class probabilities [P, classes] painted into its box on a grid of PAINT_STRIDE cells
+    covering the padded (height, width) batch, as
     a bump centred in the box (a Gaussian with a quarter of the box's width and height as sigma, cut at its
     edges); the highest where boxes overlap, 0 where none covers. The bump puts a map's peak in the middle of
     the likeliest boxes rather than on a plateau as large as the box."""
-    maps = []
-    for boxes, scores in zip(proposals, probabilities.split([len(boxes) for boxes in proposals])):
-        y = (torch.arange(grid[0], device=boxes.device) + 0.5)[None, :, None] * PAINT_STRIDE
-        x = (torch.arange(grid[1], device=boxes.device) + 0.5)[None, None, :] * PAINT_STRIDE
+    maps, start = [], 0
+    for boxes in proposals:  # slices, not split(): traced for export, a proposal count must stay dynamic
+        scores, start = probabilities[start:start + boxes.shape[0]], start + boxes.shape[0]
+        y = (torch.arange(0, padded[0], PAINT_STRIDE, device=boxes.device) + PAINT_STRIDE / 2)[None, :, None]
+        x = (torch.arange(0, padded[1], PAINT_STRIDE, device=boxes.device) + PAINT_STRIDE / 2)[None, None, :]
         x1, y1, x2, y2 = (boxes[:, i, None, None] for i in range(4))
         sigma_x, sigma_y = ((x2 - x1) / 4).clamp(min=1e-3), ((y2 - y1) / 4).clamp(min=1e-3)
         bump = torch.exp(-0.5 * (((x - (x1 + x2) / 2) / sigma_x) ** 2 + ((y - (y1 + y2) / 2) / sigma_y) ** 2))
         bump = torch.where((y >= y1) & (y <= y2) & (x >= x1) & (x <= x2), bump, 0)  # [P, h, w]
-        maps.append(torch.stack([(bump * score[:, None, None]).amax(0) if len(boxes)
-                                 else bump.new_zeros(grid) for score in scores.T]))
+        floor = bump.new_zeros((1, *bump.shape[1:]))  # no branch on the proposal count: a traced graph keeps none
+        maps.append(torch.stack([torch.cat([bump * score[:, None, None], floor]).amax(0) for score in scores.T]))
     return maps

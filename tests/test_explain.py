@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from otxlite import deploy_runner
 from otxlite.predictors import load_predictor
 from otxlite.saliency import level_average, painted_proposals
 
@@ -15,7 +16,7 @@ def test_proposals_paint_a_bump_of_their_class_probabilities_into_their_boxes_th
     # cell centres at 4, 12, 20, 28 px; box A centred at 8 (sigma 4), box B at 20 (sigma 6)
     boxes = torch.tensor([[0.0, 0.0, 16.0, 16.0], [8.0, 8.0, 32.0, 32.0]])
     probabilities = torch.tensor([[0.9, 0.2], [0.5, 0.6]])
-    first, second = painted_proposals([boxes, boxes[:0]], probabilities, [4, 4])
+    first, second = painted_proposals([boxes, boxes[:0]], probabilities, [32, 32])
     assert first[0, 0, 0] == pytest.approx(0.9 * math.exp(-1))  # 4 px from A's centre on both axes
     assert first[0, 2, 2] == pytest.approx(0.5)  # B's centre
     assert first[0, 0, 3] == 0 and first[1, 3, 0] == 0  # in no box
@@ -72,11 +73,39 @@ def test_explain_writes_maps_whose_hottest_cell_lies_on_an_object_of_the_class(e
 
 @pytest.mark.parametrize("args, message", [
     (["--target-classes", "Neutrophil"], "--target-classes Neutrophil: the model's classes are WBC, RBC, Platelets."),
-    (["--load-weights", "{export}/openvino.xml"], "saliency maps come from a weights.pth for now")])
-def test_explain_refuses_unknown_classes_and_exported_models_in_one_line(exported, otxlite, tmp_path, args, message):
+    (["--load-weights", "{export}/openvino.xml"], "exported without saliency maps. Export the weights.pth with "
+                                                  "`otxlite export --explain`")])
+def test_explain_refuses_unknown_classes_and_models_exported_without_maps_in_one_line(exported, otxlite, tmp_path,
+                                                                                       args, message):
     weights, export, data = exported
     args = [arg.format(export=export) for arg in args]
     model = [] if "--load-weights" in args else ["--load-weights", weights]
     status, _, err = otxlite("explain", *model, *args, "--input", data.parent / "images", "--output", tmp_path / "out")
     assert status == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_models_exported_with_explain_give_the_maps_of_weights_pth_in_one_inference(exported, otxlite, tmp_path):
+    weights, export, data = exported
+    status, _, err = otxlite("export", "--load-weights", weights, "--output", tmp_path / "export", "--explain")
+    assert status == 0, err
+    images = data.parent / "images"
+    status, _, err = otxlite("explain", "--load-weights", weights, "--input", images, "--output", tmp_path / "pth")
+    assert status == 0, err
+    image = np.asarray(Image.open(images / "BloodImage_00001.jpg").convert("RGB"))
+    for model_file in ("model.onnx", "openvino.xml"):
+        status, _, err = otxlite("explain", "--load-weights", tmp_path / "export" / model_file, "--input", images,
+                                 "--output", tmp_path / model_file)
+        assert status == 0, err
+        for maps in sorted((tmp_path / "pth").glob("*/saliency.npy")):
+            expected = np.load(maps)
+            got = np.load(tmp_path / model_file / maps.parent.name / "saliency.npy")
+            assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4, (model_file, maps)
+        # the maps are one more output: the detections are those of the model exported without them
+        with_maps = load_predictor(tmp_path / "export" / model_file)([image])[0]
+        without = load_predictor(export / model_file)([image])[0]
+        assert "saliency" not in with_maps
+        assert all(np.array_equal(with_maps[key], without[key]) for key in ("boxes", "scores", "labels"))
+    runner = deploy_runner.Detector(tmp_path / "export")  # which reads the outputs it needs by name
+    plain = deploy_runner.Detector(export)
+    assert all(np.array_equal(a, b) for a, b in zip(runner(image)[:3], plain(image)[:3]))
