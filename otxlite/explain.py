@@ -16,6 +16,7 @@ from otxlite.predictors import load_predictor
 from otxlite.visualize import draw_detections
 
 log = logging.getLogger("otxlite")
+SHOWN_CLASSES = 5  # the classes whose highest probability each image's log line gives, hottest first
 
 
 def explain(model_path, input_path, output, target_classes=None, threshold=None, device="auto"):
@@ -49,8 +50,10 @@ def explain(model_path, input_path, output, target_classes=None, threshold=None,
             picture = draw_detections(overlay(image, maps[index]), own, predictor.schema, threshold)
             write_atomic(folder / f"{label['id']}-{safe_name(label['name'])}.png",
                          lambda f: picture.save(f, format="PNG"))
-        log.info("%s: maps of %d class(es), highest %s -> %s", path, len(targets),
-                 ", ".join(f"{names[i]} {maps[i].max():.2f}" for i in targets), folder)
+        hottest = sorted(targets, key=lambda i: -float(maps[i].max()))[:SHOWN_CLASSES]
+        log.info("%s: maps of %d class(es), highest %s%s -> %s", path, len(targets),
+                 ", ".join(f"{names[i]} {maps[i].max():.2f}" for i in hottest),
+                 ", ..." if len(targets) > SHOWN_CLASSES else "", folder)
     return output
 
 

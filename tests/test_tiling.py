@@ -13,7 +13,6 @@ from torchvision.ops import box_iou
 
 from conftest import SAMPLE, sample_ids, voc_boxes, write_coco
 from otxlite import deploy_runner
-from otxlite.data import split_specs
 from otxlite.export import export
 from otxlite.files import load_checkpoint, save_checkpoint, write_label_schema
 from otxlite.formats.base import Sample
