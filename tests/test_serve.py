@@ -127,7 +127,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_good_ones_still_their_ans
         (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"explain": "maybe"}), 422,
          "explain 'maybe': give true or false"),
         (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"explain": "true"}), 422,
-         "saliency maps come from a weights.pth"),
+         "exported without saliency maps. Export the weights.pth with `otxlite export --explain`"),
         (lambda: requests.get(running.url + "/nowhere", timeout=10), 404, "no route GET /nowhere"),
         (lambda: requests.post(running.url + "/v2/models/other/infer", json={}, timeout=10), 404, "no model 'other'"),
         (lambda: requests.post(running.url + "/v2/models/export/infer", data=b"{", timeout=10), 400,
