@@ -1,12 +1,13 @@
 """Is tiling worth it? Large images with small objects, trained and tested without and with tiling.
 
 Usage: python benchmarks/tiling.py [--grid 3] [--template ID] [--epochs N] [--output DIR]
+                                  [--params KEY=VALUE ...] [--runs false,true]
 
 BCCD's 640x480 images become GRID x GRID mosaics at full resolution (3: 1920x1440, where a platelet is about 2 %
 of the image's side), their boxes shifted; BCCD's own train/val/test lists are kept apart, so no source image is
 in two splits. The same template is trained from random weights for the same epochs and input size with
-tiling.enable false and true (tile_size and the rest from the template: unset tile_size is chosen from the
-objects), then evaluated on the test mosaics with `otxlite eval`'s figures. Printed per run: training minutes,
+tiling.enable false and true (tile_size and the rest from the template and --params, as `otxlite params` names
+them: unset tile_size is chosen from the objects), then evaluated on the test mosaics with `otxlite eval`'s figures. Printed per run: training minutes,
 test mAP@0.5, mAP@[.5:.95], each class's AP@0.5 (platelets are the small objects), and the median
 milliseconds to predict one test mosaic (weights.pth on this machine's CPU; run nothing else meanwhile).
 """
@@ -80,14 +81,19 @@ def main():
     parser.add_argument("--template", default="ssdlite320_mobilenet_v3_large")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-tiling"))
+    parser.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="template overrides for both runs, e.g. tiling.tile_size=320")
+    parser.add_argument("--runs", default="false,true", help="the tiling.enable values to run, in order")
     args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.params)
     specs = read_data_yaml(mosaic_dataset(args.output / f"bccd-mosaic-{args.grid}", args.grid))
     test_image = decode_image(next((args.output / f"bccd-mosaic-{args.grid}" / "JPEGImages").glob("test_*.jpg")))
     rows = []
-    for enable in ("false", "true"):
+    for enable in args.runs.split(","):
         started = time.perf_counter()
         weights = train(resolve_template(args.template), specs, args.output / f"tiling-{enable}",
-                        {"tiling.enable": enable, "learning_parameters.num_iters": str(args.epochs)}, pretrained=False)
+                        {**overrides, "tiling.enable": enable, "learning_parameters.num_iters": str(args.epochs)},
+                        pretrained=False)
         minutes = (time.perf_counter() - started) / 60
         test = evaluate(weights, {"test": specs["test"]})
         milliseconds = latency_ms(load_predictor(weights, "cpu"), test_image, runs=5, warmup=1)

@@ -320,6 +320,28 @@ class Engine:
         self.model = Path(weights)
         return train_run(output, self.model)
 
+    def tune(self, template=None, output=None, params=None, trials=20, time_budget=None, pruner="median",
+             engine="local", ray_address=None, resume=False, seed=0, pretrained=True, val_split=None):
+        """Search template's hyper-parameters (its hpo section; None: chosen from the data) with `trials` training
+        runs, into output (default: work_dir/tune); time_budget in minutes; params fix a searched parameter, or
+        narrow it with a range ({"learning_parameters.learning_rate": "{low: 0.005, high: 0.02, log: true}"}).
+        Returns the Run of the best trial (output/weights.pth), which later stages take."""
+        from otxlite.templates import parse_overrides, resolve_template
+        from otxlite.tune import tune
+
+        output = Path(output) if output else self.work_dir / "tune"
+        refuse_overwriting({"--output": output}, self.data_inputs())
+        resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()
+        weights = tune(resolved, self.specs, output, parse_overrides(params), trials=trials, time_budget=time_budget,
+                       pruner=pruner, engine=engine, ray_address=ray_address, resume=resume, seed=seed,
+                       pretrained=pretrained, device=self.device, val_split=val_split)
+        if val_split is not None:  # later stages use the same split
+            from otxlite.data import read_data_yaml
+
+            self.specs = read_data_yaml(output / "data.yaml")
+        self.model = Path(weights)
+        return train_run(output, self.model)
+
     def choose_template(self):
         """The template for this data (autoconfig's rule), saying which and why."""
         from otxlite.autoconfig import choose_template

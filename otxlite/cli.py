@@ -17,6 +17,10 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
     "train": ["otxlite train --data samples/bccd/data.yaml --no-pretrained     # template chosen from the data",
               "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/ssd "
               "params --learning_parameters.num_iters 8"],
+    "tune": ["otxlite tune ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/tune --trials 12 "
+             "params --learning_parameters.num_iters 6",
+             "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/tuned "
+             "--params-file runs/tune/best_params.yaml"],
     "eval": ["otxlite eval --load-weights runs/quickstart/weights.pth --data samples/bccd/data.yaml "
              "--output runs/quickstart/eval"],
     "export": ["otxlite export --load-weights runs/quickstart/weights.pth --output runs/quickstart/export"],
@@ -55,16 +59,24 @@ def split_params(args):
 
 
 class ParamsCommand(click.Command):
-    """A click command that hands everything after the word `params` to the command as `overrides`."""
+    """A click command that hands everything after the word `params` to the command as `overrides`, on top of
+    those of --params-file."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--params-file"], type=click.Path(),
+                                        help="Hyper-parameter overrides from a YAML file (such as `otxlite tune`'s "
+                                             "best_params.yaml); those after `params` take precedence."))
 
     def parse_args(self, ctx, args):
         args, ctx.meta["params"] = split_params(args)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
-        from otxlite.templates import parse_params
+        from otxlite.templates import parse_params, read_params_file
 
-        ctx.params["overrides"] = parse_params(ctx.meta["params"])
+        path = ctx.params.pop("params_file")
+        ctx.params["overrides"] = {**(read_params_file(path) if path else {}), **parse_params(ctx.meta["params"])}
         return super().invoke(ctx)
 
 
@@ -149,8 +161,10 @@ def relative(path):
 @click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: the number of Ray Train workers.  "
               "[default: 1]")
 @click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
+@click.option("--batch-size", help="Images per batch (params --learning_parameters.batch_size), or auto: on a GPU the "
+              "largest that fits in memory with a margin, on a CPU the fastest; the learning rate scales with it.")
 def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, augmentation,
-          template_dir, devices, engine, workers, ray_address, overrides, **paths):
+          template_dir, devices, engine, workers, ray_address, batch_size, overrides, **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
     Without TEMPLATE, one is chosen from the data (see `otxlite find --data`): instance segmentation when the
@@ -159,10 +173,49 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
     otxlite train ...` each process joins torchrun's process group (leave --devices at 1).
     """
     setup_logging()
+    if batch_size is not None:
+        overrides["learning_parameters.batch_size"] = batch_size
     Engine(data, device=device, template_dirs=template_dir, **paths).train(
         template, output, overrides, pretrained=pretrained, load_weights=load_weights, seed=seed, resume=resume,
         val_split=val_split, augmentation=augmentation, devices=devices, engine=engine, workers=workers,
         ray_address=ray_address)
+
+
+@cli.command(cls=ParamsCommand, epilog=epilog("tune", PARAMS_HELP + " A params value fixes a searched parameter; a "
+             "range narrows it: `params --learning_parameters.learning_rate '{low: 0.005, high: 0.02, log: true}'` "
+             "or `--learning_parameters.batch_size '{choices: [8, 16]}'`."))
+@click.argument("template", required=False)
+@data_options(["train", "val"])
+@click.option("--output", "-o", type=click.Path(), default="runs/tune", show_default=True, help="Study folder.")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Trials in the study when it ends (finished ones count on --resume).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), help="Minutes after which no trial starts.")
+@click.option("--pruner", type=click.Choice(["median", "asha", "none"]), default="median", show_default=True,
+              help="Stop a trial whose val figure falls behind: the median rule, or ASHA (successive halving).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: an Optuna study in OUTPUT/study.db, one trial at a time; ray: Ray Tune trials "
+                   "(pip install 'otxlite[tune-ray]').")
+@click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
+@click.option("--resume", is_flag=True, help="Continue the study in --output: finished trials are kept, an "
+              "unfinished one runs again.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the sampler and of every trial; the local engine repeats a search exactly on one machine.")
+@click.option("--pretrained/--no-pretrained", default=True, show_default=True,
+              help="Start every trial from the template's torchvision weights.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--val-split", type=float, help="Hold out this fraction of train as val (seeded by --seed).")
+@click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template ids.")
+def tune(template, data, output, trials, time_budget, pruner, engine, ray_address, resume, seed, pretrained, device,
+         val_split, template_dir, overrides, **paths):
+    """Search TEMPLATE's hyper-parameters (its hpo section) with trials of `otxlite train` on the data.
+
+    OUTPUT receives best_params.yaml (for `otxlite train --params-file`), trials.csv, history.png,
+    importance.png, the best trial's weights.pth and label_schema.json, and trials/ (each trial's run folder).
+    """
+    setup_logging()
+    Engine(data, device=device, template_dirs=template_dir, **paths).tune(
+        template, output, overrides, trials=trials, time_budget=time_budget, pruner=pruner, engine=engine,
+        ray_address=ray_address, resume=resume, seed=seed, pretrained=pretrained, val_split=val_split)
 
 
 @cli.command("eval", cls=ParamsCommand, epilog=epilog("eval", PARAMS_HELP + " By default the confidence threshold for F1 is tuned on "

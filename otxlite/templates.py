@@ -24,7 +24,8 @@ class Strict(BaseModel):
 
 
 class LearningParameters(Strict):
-    batch_size: int = Field(ge=1)
+    batch_size: int | Literal["auto"] = Field(description="images per batch; auto: chosen by train (on a GPU the "
+                                                          "largest that fits, on a CPU the fastest)")
     learning_rate: float = Field(ge=0, description="0 freezes the weights")
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
@@ -113,6 +114,25 @@ class HyperParameters(Strict):
     qat: Qat = Field(default_factory=Qat)
 
 
+class Dimension(Strict):
+    """One hyper-parameter's search range for `otxlite tune`: low..high (integers when both are) or choices."""
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = Field(False, description="sample on a log scale (low > 0)")
+    step: int | float | None = Field(None, description="sample multiples of step above low")
+    choices: list[Any] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def one_kind(self):
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("give low and high, or choices")
+        if self.choices is None and not self.low < self.high:
+            raise ValueError("low must be under high")
+        if self.log and (self.step is not None or self.low <= 0):
+            raise ValueError("log needs low > 0 and no step")
+        return self
+
+
 class ModelSpec(Strict):
     architecture: str
     weights: str | None = None
@@ -128,6 +148,8 @@ class Template(Strict):
     model: ModelSpec
     stats: dict[str, float | None] = Field(default_factory=dict)
     hyper_parameters: HyperParameters
+    hpo: dict[str, Dimension] = Field(default_factory=dict, description="`otxlite tune`'s search space: `params` "
+                                                                        "names, each with its range or choices")
     path: str | None = None
 
 
@@ -209,6 +231,7 @@ def apply_overrides(template, overrides):
     defaults filled in first, so a template saved before a section existed takes it too).
     """
     template = validated(template, template.get("path", template["id"]))
+    settable = flatten(Template.model_validate(template).model_dump()["hyper_parameters"])  # unset ones too
     for key, text in overrides.items():
         *parents, leaf = key.split(".")
         node = template if parents and parents[0] == "model" else template["hyper_parameters"]
@@ -217,8 +240,8 @@ def apply_overrides(template, overrides):
             if open_ended and isinstance(node, dict) and not isinstance(node.get(part), dict):
                 node[part] = {}  # a new augmentation entry, or one that was `true`/`false`, gets arguments
             node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or (leaf not in node and not open_ended):
-            known = sorted(flatten(template["hyper_parameters"])) + ["model.kwargs.<argument>"]
+        if not isinstance(node, dict) or (leaf not in node and not open_ended and key not in settable):
+            known = sorted(settable) + ["model.kwargs.<argument>"]
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(known)}."
             raise TemplateError(f"Unknown hyper-parameter '{key}'.{hint}")
@@ -227,6 +250,16 @@ def apply_overrides(template, overrides):
         except yaml.YAMLError:
             node[leaf] = text
     return validated(template, template.get("path", template["id"]), overrides)
+
+
+def read_params_file(path):
+    """A params file (YAML: `learning_parameters.batch_size: 16`, dotted or nested, as `otxlite tune` writes
+    best_params.yaml) as overrides, the same as those given after the CLI's `params`."""
+    content = read_yaml(path)
+    if not isinstance(content, dict):
+        raise TemplateError(f"{path}: a params file maps hyper-parameter names to values, e.g. "
+                            f"'learning_parameters.batch_size: 16'.")
+    return parse_overrides(flatten(content))
 
 
 def flatten(tree, prefix=""):

@@ -13,6 +13,7 @@ import torch
 
 from otxlite import OtxliteError, __version__, distributed, tiling
 from otxlite.anchors import fit_anchors, warn_small_objects
+from otxlite.batch_size import auto_batch_size
 from otxlite.augment import Pipeline, without_heavy
 from otxlite.data import adaptive_repeats, hold_out_val, load_splits, make_loader, require_splits
 from otxlite.evaluate import coco_map, headline_figures
@@ -32,7 +33,7 @@ FEW_VAL_OBJECTS = 100  # below this, train warns that one epoch's val figure is 
 
 
 def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
-          seed=0, resume=False, val_split=None, devices=1, engine="local", ray_address=None):
+          seed=0, resume=False, val_split=None, devices=1, engine="local", ray_address=None, report=None):
     """Train template on the train split, validating on val each epoch; returns the weights.pth path.
 
     output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume),
@@ -40,7 +41,8 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     seeded part of train is held out as val and the split saved as output/data.yaml.
     devices > 1 trains in that many processes with DistributedDataParallel: started here (engine "local"), or as
     Ray Train workers on the cluster at ray_address (engine "ray"). Under torchrun, each process calls train with
-    devices 1 and joins torchrun's process group.
+    devices 1 and joins torchrun's process group. report(figures, folder), in a run of one process, receives each
+    epoch's figures (`otxlite tune` stops trials from it).
     """
     output = Path(output)
     if val_split is not None:
@@ -55,7 +57,7 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     elif devices > 1:
         distributed.launch(train_process, arguments, devices, pick_device(device))
     else:
-        train_process(*arguments)
+        train_process(*arguments, report=report)
     return output / "weights.pth"
 
 
@@ -74,6 +76,7 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     if state is not None:
         template = state["template"]
         log.info("Resuming %s from epoch %d of %s", template["id"], state["epoch"], last_path)
+    reference_batch = template["hyper_parameters"]["learning_parameters"]["batch_size"]  # its learning rate's
     template = apply_overrides(template, overrides or {})
     params = template["hyper_parameters"]["learning_parameters"]
     settings = template["hyper_parameters"]["distributed"]
@@ -116,6 +119,10 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
         # seeded, so every rank fits the same anchors
         template = fit_anchors(model, template, train_samples, schema, pretrained)
     model.to(device)
+    augmentation = template["hyper_parameters"]["augmentation"]
+    if params["batch_size"] == "auto":
+        choose_batch_size(model, train_samples, schema, params, device, Pipeline(augmentation), task.masks,
+                          reference_batch)
     ema = moving_average(model, template["hyper_parameters"]["ema"])
     evaluated = model if ema is None else ema.module  # what is validated, saved and exported
     trained = distributed.wrap(model, device, settings["sync_bn"])
@@ -131,7 +138,6 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                            pipeline=Pipeline(augmentation), input_size=InputSize.of(model), masks=task.masks,
                            rank=rank, world_size=world_size, repeats=repeats)
 
-    augmentation = template["hyper_parameters"]["augmentation"]
     closing = without_heavy(augmentation)  # the recipe of the last epochs, None when it is the same
     closing_from = params["num_iters"] - math.ceil(params["close_mosaic_share"] * params["num_iters"])
     train_loader = training_loader(augmentation)
@@ -218,6 +224,22 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     log.info("Best val %smAP@0.5 (mean of %d epochs) %.4f at epoch %d: %s", task.unit, window, best["value"],
              best["epoch"], output / "weights.pth")
     return output / "weights.pth"
+
+
+def choose_batch_size(model, samples, schema, params, device, pipeline, masks, reference_batch):
+    """Set params' batch_size for `auto` (batch_size.auto_batch_size) and scale its learning rate from the
+    template's batch (reference_batch) linearly."""
+    if distributed.world_size() > 1:
+        raise OtxliteError("--batch-size auto chooses the batch of one process: give a number when training in "
+                           "several (--devices or --workers).")
+    chosen, reason = auto_batch_size(model, samples, schema, params, device, pipeline, InputSize.of(model), masks)
+    rate, params["batch_size"] = params["learning_rate"], chosen
+    if isinstance(reference_batch, int):
+        params["learning_rate"] = rate * chosen / reference_batch
+        scaling = f"learning rate {rate:g} -> {params['learning_rate']:g} (x {chosen}/{reference_batch})"
+    else:
+        scaling = f"learning rate {rate:g} kept (the template names no batch size it was set for)"
+    log.info("Batch size (auto): %d, %s; %s.", chosen, reason, scaling)
 
 
 def with_anchors_of(template, path):

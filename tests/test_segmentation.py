@@ -459,6 +459,18 @@ def test_qat_on_mask_rcnn_quantizes_the_mask_head_and_exports_masks(fitted_segme
         assert len(found["rles"]) == len(found["boxes"]) > 0, path
 
 
+def test_mask_rcnn_exported_with_explain_gives_the_maps_of_weights_pth(fitted_segmenter, tmp_path):
+    root, weights = fitted_segmenter
+    export(weights, tmp_path, explain=True)
+    for image in [decode_image(path) for path in sorted((root / "images").iterdir())]:
+        expected = load_predictor(weights, explain=True)([image])[0]["saliency"]
+        assert expected.std() > 0.01  # a fitted model's maps are not uniform
+        for model_file in ("model.onnx", "openvino.xml"):
+            with signal_stack_kept():
+                got = load_predictor(tmp_path / model_file, explain=True)([image])[0]["saliency"]
+            assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4, model_file
+
+
 def test_deploy_runner_pastes_masks_as_torchvision_does():
     """Boxes of every size (under a pixel to larger than the mask), at the image's edges, on images of many sizes."""
     generator = np.random.default_rng(0)

@@ -78,6 +78,14 @@ def test_params_overrides_parse_yaml_values_and_leave_the_original():
     assert template["hyper_parameters"]["learning_parameters"]["batch_size"] == 8
 
 
+def test_params_set_a_setting_whose_default_is_unset():
+    template = resolve_template("ssdlite320_mobilenet_v3_large")
+    assert "tile_size" not in template["hyper_parameters"]["tiling"]  # unset: chosen from the objects
+    assert apply_overrides(template, {"tiling.tile_size": "320"})["hyper_parameters"]["tiling"]["tile_size"] == 320
+    with pytest.raises(OtxliteError, match="Did you mean tiling.tile_size"):
+        apply_overrides(template, {"tiling.tile_siz": "320"})
+
+
 def test_unknown_hyper_parameter_is_an_error_with_a_suggestion():
     template = resolve_template("ssd300_vgg16")
     with pytest.raises(OtxliteError, match="Did you mean learning_parameters.batch_size"):

@@ -204,6 +204,13 @@ def test_training_with_auto_tiling_trains_on_tiles_and_saves_the_decision(tmp_pa
     assert tiling["enable"] is True and 128 <= tiling["tile_size"] < 960
     assert (tmp_path / "run" / "train_batch.jpg").is_file()
     assert isinstance(load_predictor(tmp_path / "run" / "weights.pth"), TiledPredictor)
+    # post-training quantization calibrates on the items the model trained on, and its IR tiles too
+    status, _, err = otxlite("optimize", "--load-weights", tmp_path / "run" / "weights.pth", "--data", data,
+                             "--output", tmp_path / "int8")
+    assert status == 0, err
+    assert "Tiling: 1 training images as" in err.split("Quantizing")[0]
+    with signal_stack_kept():
+        assert isinstance(load_predictor(tmp_path / "int8" / "openvino.xml"), TiledPredictor)
     status, out, err = otxlite("train", template, "--data", data, "--output", tmp_path / "off", "--no-pretrained",
                                "params", "--learning_parameters.num_iters", "1", "--tiling.enable", "false")
     assert status == 0 and "Tiling" not in err

@@ -1,0 +1,77 @@
+"""Does tuning pay? `otxlite tune` against the template's defaults, on the same budget of epochs.
+
+Usage: python benchmarks/hpo.py [--template ssdlite320_mobilenet_v3_large] [--trials 12] [--epochs 6]
+                                [--data DATA_YAML] [--engine local|ray] [--output DIR]
+
+On BCCD by default (its train and val splits for the search, test for the figures), from random weights:
+- tuned: `otxlite tune` with TRIALS trials of up to EPOCHS epochs each (the median rule stops poor ones), its best
+  trial's weights.pth;
+- defaults: the template's values trained for TRIALS x EPOCHS epochs, the search's whole budget (its early
+  stopping may end it sooner).
+Printed for each: epochs trained, wall minutes, the val mAP@0.5 of the epoch kept and test mAP@0.5 from
+`otxlite eval`'s code. Run nothing else meanwhile: the minutes are the comparison.
+"""
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+from otxlite.data import read_data_yaml
+from otxlite.evaluate import evaluate
+from otxlite.files import load_checkpoint
+from otxlite.report import format_table
+from otxlite.templates import resolve_template
+from otxlite.train import train
+from otxlite.tune import tune
+
+BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--template", default="ssdlite320_mobilenet_v3_large")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=6, help="most epochs of a trial")
+    parser.add_argument("--data", type=Path, help="a data.yaml with train, val and test (default: BCCD)")
+    parser.add_argument("--engine", default="local")
+    parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-hpo"))
+    args = parser.parse_args()
+    if args.data is None:
+        args.data = args.output / "bccd.yaml"
+        args.output.mkdir(parents=True, exist_ok=True)
+        args.data.write_text("data:\n" + "".join(f"  {s}: {{ann-files: {BCCD}, data-roots: {BCCD / 'JPEGImages'}}}\n"
+                                                 for s in ("train", "val", "test")))
+    specs = read_data_yaml(args.data)
+    template = resolve_template(args.template)
+    rows = []
+
+    started = time.perf_counter()
+    weights = tune(template, specs, args.output / "tuned", {"learning_parameters.num_iters": str(args.epochs)},
+                   trials=args.trials, engine=args.engine, pretrained=False)
+    with open(args.output / "tuned" / "trials.csv") as file:
+        epochs = sum(int(row["epochs"] or 0) for row in csv.DictReader(file))
+    rows.append(figures("tuned", weights, specs, epochs, started))
+
+    started = time.perf_counter()
+    weights = train(template, specs, args.output / "defaults",
+                    {"learning_parameters.num_iters": str(args.trials * args.epochs)}, pretrained=False)
+    epochs = len(load_checkpoint(args.output / "defaults" / "checkpoints" / "last.pth")["history"])
+    rows.append(figures("defaults", weights, specs, epochs, started))
+    print(format_table(("run", "epochs trained", "minutes", "val mAP@0.5 (epoch kept)", "test mAP@0.5", "values"), rows))
+
+
+def figures(name, weights, specs, epochs, started):
+    minutes = (time.perf_counter() - started) / 60
+    checkpoint = load_checkpoint(weights)
+    test = evaluate(weights, {"test": specs["test"]})
+    learning = checkpoint["template"]["hyper_parameters"]["learning_parameters"]
+    values = ", ".join(f"{key} {learning[key]:.3g}" for key in ("learning_rate", "weight_decay", "batch_size"))
+    row = (name, str(epochs), f"{minutes:.0f}", f"{checkpoint['metrics']['map_50']:.3f} (epoch {checkpoint['epoch']})",
+           f"{test['map_50']:.3f}", values)
+    print(row, flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    main()
