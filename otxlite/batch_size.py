@@ -20,6 +20,7 @@ CPU_MEMORY_SHARE = 0.5  # of the memory available when the search starts
 LARGEST = 128
 CPU_LARGEST = 32
 CPU_STEPS = 2  # timed training steps per candidate on a CPU, after one untimed
+SMALLEST = 2  # BatchNorm layers that reduce to 1x1 cannot train on one image
 
 
 def auto_batch_size(model, samples, schema, params, device, pipeline, input_size, masks):
@@ -28,7 +29,7 @@ def auto_batch_size(model, samples, schema, params, device, pipeline, input_size
     The model's weights and BatchNorm statistics are as they were afterwards (no optimizer step is taken)."""
     saved = copy.deepcopy(model.state_dict())
     probe = {**params, "num_workers": 0}
-    largest = min(LARGEST if device.type == "cuda" else CPU_LARGEST, max(len(samples), 1))
+    largest = max(min(LARGEST if device.type == "cuda" else CPU_LARGEST, len(samples)), SMALLEST)
 
     def batch(batch_size):
         loader = make_loader((samples * math.ceil(batch_size / len(samples)))[:batch_size], schema,
@@ -68,8 +69,8 @@ def gpu_memory_share(step, batch, device):
 
 def largest_fitting(memory_share, largest):
     """(batch size, reason): the largest power of two up to `largest` whose memory_share(size) stays under
-    GPU_MEMORY_SHARE, trying 1, 2, 4, ... and stopping at the first that does not fit."""
-    size, fitted, share = 1, None, None
+    GPU_MEMORY_SHARE, trying 2, 4, 8, ... and stopping at the first that does not fit."""
+    size, fitted, share = SMALLEST, None, None
     while size <= largest:
         measured = memory_share(size)
         if measured >= GPU_MEMORY_SHARE:
@@ -77,8 +78,9 @@ def largest_fitting(memory_share, largest):
         fitted, share = size, measured
         size *= 2
     if fitted is None:
-        raise OtxliteError(f"--batch-size auto: one image does not fit in {GPU_MEMORY_SHARE:.0%} of the GPU's memory. "
-                           f"Lower the input size (params --model.kwargs.min_size) or use a smaller template.")
+        raise OtxliteError(f"--batch-size auto: a batch of {SMALLEST} images does not fit in {GPU_MEMORY_SHARE:.0%} of "
+                           f"the GPU's memory. Lower the input size (params --model.kwargs.min_size) or use a smaller "
+                           f"template.")
     stop = "the largest tried" if fitted * 2 > largest else f"{fitted * 2} would not fit"
     return fitted, f"the largest that fits in {GPU_MEMORY_SHARE:.0%} of the GPU's memory ({share:.0%} used; {stop})"
 
@@ -93,12 +95,12 @@ def cpu_images_per_second(step, batch):
 
 
 def fastest(images_per_second, largest):
-    """(batch size, reason): of 1, 2, 4, ... up to `largest`, the smallest within 5 % of the most images per
+    """(batch size, reason): of 2, 4, 8, ... up to `largest`, the smallest within 5 % of the most images per
     second; sizes stop growing once one is 5 % slower than the best, or when the process's peak memory has grown
     by CPU_MEMORY_SHARE of the memory available at the start."""
     available = psutil.virtual_memory().available
     peak_at_start = peak_memory()
-    measured, size = {}, 1
+    measured, size = {}, SMALLEST
     while size <= largest:
         measured[size] = images_per_second(size)
         if measured[size] < 0.95 * max(measured.values()):

@@ -159,12 +159,12 @@ def test_gpu_batch_size_is_the_largest_that_fits_backing_off_on_out_of_memory(mo
     assert largest_fitting(share, 64)[0] == 8  # 8 images: 72 % of memory; 16: out of memory
     chosen, reason = largest_fitting(lambda size: 0.1 * size, 64)  # the margin: 8 would use 80 %
     assert chosen == 4 and "80%" in reason
-    with pytest.raises(OtxliteError, match="one image does not fit"):
+    with pytest.raises(OtxliteError, match="a batch of 2 images does not fit"):
         largest_fitting(lambda size: float("inf"), 64)
 
 
 def test_cpu_batch_size_is_the_fastest_and_the_smallest_of_equals():
-    speeds = {1: 10.0, 2: 18.0, 4: 30.0, 8: 30.5, 16: 20.0, 32: 40.0}
+    speeds = {2: 18.0, 4: 30.0, 8: 30.5, 16: 20.0, 32: 40.0}
     assert fastest(speeds.get, 64)[0] == 4  # 8 is within 5 %; the scan stops at 16, slower than the best
 
 
@@ -174,7 +174,7 @@ def test_train_with_batch_size_auto_measures_this_cpu_and_scales_the_learning_ra
     status, _, err = otxlite("train", template, "--data", voc_copy, "--output", tmp_path / "run", "--no-pretrained",
                              "--batch-size", "auto", "params", "--learning_parameters.num_iters", "1")
     assert status == 0, err
-    assert "Batch size (auto): " in err and "images/s by batch size: 1: " in err
+    assert "Batch size (auto): " in err and "images/s by batch size: 2: " in err
     learning = load_checkpoint(tmp_path / "run" / "weights.pth")["template"]["hyper_parameters"]["learning_parameters"]
-    assert isinstance(learning["batch_size"], int) and learning["batch_size"] in (1, 2, 4)
+    assert isinstance(learning["batch_size"], int) and learning["batch_size"] in (2, 4)
     assert learning["learning_rate"] == pytest.approx(0.01 * learning["batch_size"] / 2)
