@@ -233,7 +233,7 @@ def run_optuna(search, ray_address):
         best = study.best_trial if finished else None
         search.write_results(rows, best and {"trial": best.number, "value": best.value, "params": best.params,
                                             "folder": search.output / "trials" / f"{best.number:03d}"})
-        save_plots(study, search.output)
+        save_plots(study, search.output, f"val {task_of(search.template).unit}mAP@0.5 (mean of {search.window} epochs)")
 
     started = time.monotonic()
     while sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) < search.trials:
@@ -289,8 +289,8 @@ def template_values(template, space):
     return values
 
 
-def save_plots(study, folder):
-    """history.png (val figure against trial, Optuna's) and, from two finished trials on, importance.png."""
+def save_plots(study, folder, figure_name):
+    """history.png (figure_name against trial, Optuna's) and, from two finished trials on, importance.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,7 +306,7 @@ def save_plots(study, folder):
         warnings.simplefilter("ignore")  # Optuna's matplotlib plots are marked experimental
         for name, plot in plots:
             try:
-                figure = plot(study).figure
+                figure = plot(study, target_name=figure_name).figure
             except (RuntimeError, ValueError, ZeroDivisionError) as err:  # importances need varied finished trials
                 log.info("No %s yet: %s", name, err)
                 continue
