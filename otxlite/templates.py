@@ -3,7 +3,7 @@
 import json
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -23,9 +23,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def batch_size_or_auto(value):
+    if value == "auto":
+        return value
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("input should be a valid integer (or auto), got a number with a fractional part")
+    if isinstance(value, float):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("input should be a valid integer, or auto")
+    if value < 1:
+        raise ValueError("input should be greater than or equal to 1")
+    return value
+
+
 class LearningParameters(Strict):
-    batch_size: int | Literal["auto"] = Field(description="images per batch; auto: chosen by train (on a GPU the "
-                                                          "largest that fits, on a CPU the fastest)")
+    batch_size: Annotated[int | str, pydantic.BeforeValidator(batch_size_or_auto)] = Field(
+        description="images per batch; auto: chosen by train (on a GPU the largest that fits, on a CPU the fastest)")
     learning_rate: float = Field(ge=0, description="0 freezes the weights")
     momentum: float = Field(ge=0, lt=1)
     weight_decay: float = Field(ge=0)
