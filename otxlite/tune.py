@@ -226,8 +226,9 @@ def run_optuna(search, ray_address):
         return search.run_trial(search.output / "trials" / f"{trial.number:03d}", values, report)
 
     def write_results(study, _):
+        ended = (TrialState.COMPLETE, TrialState.PRUNED)  # a failed one's end is when resume found it
         rows = [{"trial": t.number, "state": t.state.name.lower(), "value": t.value,
-                 "epochs": max(t.intermediate_values, default=0), "seconds": t.duration and round(t.duration.total_seconds()),
+                 "epochs": max(t.intermediate_values, default=0), "seconds": round(t.duration.total_seconds()) if t.state in ended else None,
                  **t.params} for t in study.trials if t.state != TrialState.RUNNING]
         finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
         best = study.best_trial if finished else None
