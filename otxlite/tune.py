@@ -73,6 +73,15 @@ class Search:
         self.window = min(params["best_epoch_window"], params["num_iters"])
         self.key = f"val_{task_of(template).headline}"
 
+    def check_study(self, path, resumable):
+        """One error when the study at path and --resume disagree; else the output folder, made."""
+        if path.exists() and not self.resume:
+            raise ArgumentError(f"{self.output} holds a study ({path}). Continue it with --resume, or tune into "
+                                f"another --output.")
+        if self.resume and not resumable:
+            raise ArgumentError(f"--resume: no study to continue in {self.output} ({path} is missing or incomplete).")
+        make_folder(self.output)
+
     def run_trial(self, folder, values, report):
         """Train one trial into folder; report(epoch, figure) gets the best-epoch rule's figure each epoch (and may
         raise to stop the trial). Returns the trial's value: its best such figure."""
@@ -189,12 +198,7 @@ def run_optuna(search, ray_address):
         raise ArgumentError("--ray-address is for --engine ray.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = search.output / STUDY
-    if path.exists() and not search.resume:
-        raise ArgumentError(f"{search.output} holds a study ({path}). Continue it with --resume, or tune into "
-                            f"another --output.")
-    if search.resume and not path.exists():
-        raise ArgumentError(f"--resume: no study in {search.output} ({path} is missing).")
-    make_folder(search.output)
+    search.check_study(path, path.exists())
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
     study = optuna.create_study(study_name="otxlite", storage=storage, direction="maximize", load_if_exists=True,
                                 pruner=optuna_pruner(search))
@@ -333,12 +337,7 @@ def run_ray_tune(search, ray_address):
     from otxlite.ray_cluster import init_ray
 
     path = search.output / "ray_tune"
-    if path.exists() and not search.resume:
-        raise ArgumentError(f"{search.output} holds a study ({path}). Continue it with --resume, or tune into "
-                            f"another --output.")
-    if search.resume and not ray_tune.Tuner.can_restore(str(path)):
-        raise ArgumentError(f"--resume: no Ray Tune study in {search.output} ({path} is missing or incomplete).")
-    make_folder(search.output)
+    search.check_study(path, ray_tune.Tuner.can_restore(str(path)))
     init_ray(ray_address, runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
     try:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0 and search.device != "cpu"
