@@ -1,13 +1,18 @@
-"""Does tuning pay? `otxlite tune` against the template's defaults, on the same budget of epochs.
+"""Does tuning pay? `otxlite tune` plus a training with its best values against the template's defaults, on the
+same budget of epochs (docs/benchmarks.md has the figures).
 
-Usage: python benchmarks/hpo.py [--template ssdlite320_mobilenet_v3_large] [--trials 12] [--epochs 6]
-                                [--data DATA_YAML] [--engine local|ray] [--output DIR]
+Usage: python benchmarks/hpo.py [--template ssdlite320_mobilenet_v3_large] [--trials 6] [--epochs 3]
+                                [--final-epochs 18] [--data DATA_YAML] [--val-split SHARE] [--engine local|ray]
+                                [--output DIR]
 
-On BCCD by default (its train and val splits for the search, test for the figures), from random weights:
-- tuned: `otxlite tune` with TRIALS trials of up to EPOCHS epochs each (the median rule stops poor ones), its best
-  trial's weights.pth;
-- defaults: the template's values trained for TRIALS x EPOCHS epochs, the search's whole budget (its early
-  stopping may end it sooner).
+On BCCD by default (its train and val splits for the search, test for the figures), from random weights, what a
+user would run, `otxlite tune` and then `otxlite train --params-file best_params.yaml`, against the defaults:
+- search: `otxlite tune` with TRIALS trials of up to EPOCHS epochs each (the median rule stops poor ones); its best
+  trial's weights.pth is a row of its own;
+- tuned: the best trial's values (best_params.yaml) trained for FINAL_EPOCHS epochs; its minutes and epochs
+  include the search's;
+- defaults: the template's values trained for TRIALS x EPOCHS + FINAL_EPOCHS epochs, the tuned row's whole budget
+  (its early stopping may end it sooner).
 Printed for each: epochs trained, wall minutes, the val mAP@0.5 of the epoch kept and test mAP@0.5 from
 `otxlite eval`'s code. Run nothing else meanwhile: the minutes are the comparison.
 """
@@ -21,7 +26,7 @@ from otxlite.data import read_data_yaml
 from otxlite.evaluate import evaluate
 from otxlite.files import load_checkpoint
 from otxlite.report import format_table
-from otxlite.templates import resolve_template
+from otxlite.templates import read_params_file, resolve_template
 from otxlite.train import train
 from otxlite.tune import tune
 
@@ -31,9 +36,11 @@ BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--template", default="ssdlite320_mobilenet_v3_large")
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=6, help="most epochs of a trial")
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=3, help="most epochs of a trial")
+    parser.add_argument("--final-epochs", type=int, default=18, help="epochs of the best values' training")
     parser.add_argument("--data", type=Path, help="a data.yaml with train, val and test (default: BCCD)")
+    parser.add_argument("--val-split", type=float, help="hold out this share of train as val (data without val)")
     parser.add_argument("--engine", default="local")
     parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-hpo"))
     args = parser.parse_args()
@@ -47,18 +54,29 @@ def main():
     rows = []
 
     started = time.perf_counter()
-    weights = tune(template, specs, args.output / "tuned", {"learning_parameters.num_iters": str(args.epochs)},
-                   trials=args.trials, engine=args.engine, pretrained=False)
-    with open(args.output / "tuned" / "trials.csv") as file:
+    search = args.output / "search"
+    weights = tune(template, specs, search, {"learning_parameters.num_iters": str(args.epochs)},
+                   trials=args.trials, engine=args.engine, pretrained=False, val_split=args.val_split)
+    with open(search / "trials.csv") as file:
         epochs = sum(int(row["epochs"] or 0) for row in csv.DictReader(file))
-    rows.append(figures("tuned", weights, specs, epochs, started))
+    rows.append(figures("search's best trial", weights, specs, epochs, started))
+
+    best = {**read_params_file(search / "best_params.yaml"), "learning_parameters.num_iters": str(args.final_epochs)}
+    weights = train(template, specs, args.output / "tuned", best, pretrained=False, val_split=args.val_split)
+    epochs += trained_epochs(args.output / "tuned")
+    rows.append(figures("tuned: best values retrained", weights, specs, epochs, started))
 
     started = time.perf_counter()
-    weights = train(template, specs, args.output / "defaults",
-                    {"learning_parameters.num_iters": str(args.trials * args.epochs)}, pretrained=False)
-    epochs = len(load_checkpoint(args.output / "defaults" / "checkpoints" / "last.pth")["history"])
-    rows.append(figures("defaults", weights, specs, epochs, started))
+    budget = args.trials * args.epochs + args.final_epochs
+    weights = train(template, specs, args.output / "defaults", {"learning_parameters.num_iters": str(budget)},
+                    pretrained=False, val_split=args.val_split)
+    rows.append(figures("defaults", weights, specs, trained_epochs(args.output / "defaults"), started))
     print(format_table(("run", "epochs trained", "minutes", "val mAP@0.5 (epoch kept)", "test mAP@0.5", "values"), rows))
+
+
+def trained_epochs(output):
+    """Epochs a train run in output trained (its early stopping may end it before num_iters)."""
+    return len(load_checkpoint(output / "checkpoints" / "last.pth")["history"])
 
 
 def figures(name, weights, specs, epochs, started):
@@ -66,8 +84,8 @@ def figures(name, weights, specs, epochs, started):
     checkpoint = load_checkpoint(weights)
     test = evaluate(weights, {"test": specs["test"]})
     learning = checkpoint["template"]["hyper_parameters"]["learning_parameters"]
-    values = ", ".join(f"{key} {learning[key]:.3g}" for key in ("learning_rate", "weight_decay", "batch_size"))
-    row = (name, str(epochs), f"{minutes:.0f}", f"{checkpoint['metrics']['map_50']:.3f} (epoch {checkpoint['epoch']})",
+    values = ", ".join(f"{key} {learning[key]:.3g}" for key in ("learning_rate", "weight_decay", "batch_size", "warmup_iters"))
+    row = (name, str(epochs), f"{minutes:.1f}", f"{checkpoint['metrics']['map_50']:.3f} (epoch {checkpoint['epoch']})",
            f"{test['map_50']:.3f}", values)
     print(row, flush=True)
     return row

@@ -18,7 +18,7 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
               "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/ssd "
               "params --learning_parameters.num_iters 8"],
     "tune": ["otxlite tune ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/tune --trials 12 "
-             "params --learning_parameters.num_iters 6",
+             "params --learning_parameters.num_iters 20",
              "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/tuned "
              "--params-file runs/tune/best_params.yaml"],
     "eval": ["otxlite eval --load-weights runs/quickstart/weights.pth --data samples/bccd/data.yaml "
