@@ -14,7 +14,7 @@ from otxlite.data import load_split, make_loader, require_splits
 from otxlite.evaluate import KEY_PREFIX, coco_map, evaluate, headline_figures
 from otxlite.export import export, export_model, save_openvino
 from otxlite.files import LABEL_SCHEMA, label_names, make_folder, read_json, write_json
-from otxlite.tiling import training_samples
+from otxlite.tiling import settings_of, training_samples
 from otxlite.predictors import exported_input, latency_ms, load_predictor, loader_images, signal_stack_kept
 from otxlite.qat import WEIGHTS_INT8, quantization_aware_training
 from otxlite.quantization import (OUTSIDE_QUANTIZED_MODULES_IN_EXPORT, QUANTIZED_MODULES, checked_subset_size,
@@ -73,7 +73,8 @@ def quantize_ir(model_path, specs, output, subset_size, preset, max_accuracy_dro
 
     train = load_split(specs["train"], known_classes=label_names(fp32.schema))
     train_samples = training_samples(train.samples, fp32.template)  # with tiling, the tiles the model sees
-    subset_size = checked_subset_size(subset_size, len(train_samples), specs["train"])
+    subset_size = checked_subset_size(subset_size, len(train_samples), specs["train"],
+                                      bool(settings_of(fp32.template)))
     subset = random.Random(0).sample(train_samples, subset_size)
     calibration = nncf.Dataset(decoded_images(subset, fp32.schema), exported_input)
     settings = {"preset": nncf.QuantizationPreset(preset), "subset_size": subset_size,

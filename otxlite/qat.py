@@ -16,7 +16,7 @@ from otxlite.files import (CHECKPOINT_FORMAT, label_names, load_checkpoint, load
 from otxlite.loop import lr_schedule, on_device, train_one_epoch, tune_threshold
 from otxlite.models import InputSize, load_state, model_from_checkpoint
 from otxlite.predictors import TorchPredictor, pick_device, predict
-from otxlite.tiling import training_samples, with_tiling
+from otxlite.tiling import settings_of, training_samples, with_tiling
 from otxlite.quantization import checked_subset_size, quantization_config, quantize_model, rebuild_quantized
 from otxlite.tasks import task_of
 from otxlite.templates import apply_overrides
@@ -50,7 +50,8 @@ def quantization_aware_training(weights, specs, output, subset_size, preset, max
     train = load_split(specs["train"], known_classes=label_names(schema), masks=task.masks)
     train_samples = training_samples(train.samples, template)
     val = load_split(specs["val"], known_classes=label_names(schema))
-    subset_size = checked_subset_size(subset_size, len(train_samples), specs["train"])
+    subset_size = checked_subset_size(subset_size, len(train_samples), specs["train"],
+                                      bool(settings_of(template)))
     model = model_from_checkpoint(checkpoint, weights).to(device)
     val_loader = make_loader(val.samples, schema, params, device)
 

@@ -53,11 +53,14 @@ def import_nncf():
     return nncf
 
 
-def checked_subset_size(asked, available, spec):
+def checked_subset_size(asked, available, spec, tiled):
+    """The calibration or training subset size: asked, checked against the available training items (images, or
+    with tiling the images and their tiles)."""
     if asked is None:
         return min(DEFAULT_SUBSET_SIZE, available)
     if asked > available:
-        raise OtxliteError(f"--subset-size {asked}: the train split ({spec.ann_files}) has only {available} images. "
+        items = "training items (images and their tiles)" if tiled else "images"
+        raise OtxliteError(f"--subset-size {asked}: the train split ({spec.ann_files}) has only {available} {items}. "
                            f"Pass --subset-size {available} or less, or add training images.")
     return asked
 

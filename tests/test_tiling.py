@@ -3,6 +3,7 @@ model predicting alike from weights.pth, ONNX, OpenVINO and the deploy runner.""
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -211,6 +212,9 @@ def test_training_with_auto_tiling_trains_on_tiles_and_saves_the_decision(tmp_pa
     assert "Tiling: 1 training images as" in err.split("Quantizing")[0]
     with signal_stack_kept():
         assert isinstance(load_predictor(tmp_path / "int8" / "openvino.xml"), TiledPredictor)
+    status, _, err = otxlite("optimize", "--load-weights", tmp_path / "int8" / "fp32" / "openvino.xml", "--data", data,
+                             "--output", tmp_path / "too-many", "--subset-size", "1000")
+    assert status == 2 and re.search(r"has only \d+ training items \(images and their tiles\)", err), err
     status, out, err = otxlite("train", template, "--data", data, "--output", tmp_path / "off", "--no-pretrained",
                                "params", "--learning_parameters.num_iters", "1", "--tiling.enable", "false")
     assert status == 0 and "Tiling" not in err
