@@ -119,7 +119,8 @@ def otxlite_run(template, ids, epochs, device, folder, augmentation, devices=1, 
              for name, listing in (("train", train_list), ("val", val_list))}
     template["hyper_parameters"]["learning_parameters"]["enable_early_stopping"] = False
     started = time.perf_counter()
-    overrides = {"learning_parameters.num_iters": str(epochs)}
+    # one pass over the images an epoch: the plain loop's steps
+    overrides = {"learning_parameters.num_iters": str(epochs), "learning_parameters.adaptive_repeat": "false"}
     if augmentation == "flip":
         overrides["augmentation"] = "{RandomHorizontalFlip: {p: 0.5}}"
     train(template, specs, folder / "run", overrides, pretrained=False, device=device.type, devices=devices,
