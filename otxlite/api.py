@@ -441,14 +441,16 @@ class Engine:
         return explain(model, source, output, target_classes, threshold, self.device)
 
     def serve(self, model=None, host="127.0.0.1", port=8000, threshold=None, max_batch_size=8, batch_wait_ms=5,
-              max_queue=64, max_body_mb=20, ray=None):
+              max_queue=64, max_body_mb=20, ray=None, request_timeout_s=60, api_key=None):
         """Serve the model (default: the last one written) over HTTP until SIGTERM or Ctrl-C (`otxlite serve`):
         POST /predict, the page at /, /health, /ready, /model, /metrics and KServe v2 routes. ray: an
-        `otxlite.serve.RayScaling` to serve on Ray Serve replicas."""
+        `otxlite.serve.RayScaling` to serve on Ray Serve replicas. api_key: when given, every route but the health
+        probes and the page needs `Authorization: Bearer <api_key>`."""
         from otxlite.serve import Limits, serve
 
         serve(self._model(model), host, port, self.device, Limits(max_batch_size, batch_wait_ms, max_queue,
-                                                                   max_body_mb), threshold, ray)
+                                                                   max_body_mb, request_timeout_s), threshold, ray,
+              api_key)
 
     def deploy(self, model=None, output=None):
         """A zip of the openvino.xml with a runner that needs only openvino, numpy and pillow; returns its path
@@ -484,19 +486,20 @@ def model_inputs(model):
 
 
 def image_inputs(source):
-    """{what: path} of an image input: the path, and for a glob pattern or a .txt list the folders of its images
-    (they are not inside the path given)."""
+    """{what: path} of an image input: the path itself, and for a glob pattern or a .txt list each image it names
+    (the images are the inputs, not their folders: an output beside them is fine)."""
     from otxlite.inference import image_files
 
-    inputs, path = {"the input": source}, Path(source)
+    path = Path(source)
     if path.is_dir() or (path.is_file() and path.suffix.lower() != ".txt"):
-        return inputs
+        return {"the input": source}
     try:
-        files, root = image_files(source)
+        files, _ = image_files(source)
     except OtxliteError:  # the command reports it, in its own words
-        return inputs
-    folders = {root: root, **{file.parent: file for file in files}}
-    return {**inputs, **{f"the folder of {example}": folder for folder, example in folders.items()}}
+        return {"the input": source}
+    if path.is_file():
+        return {"the list": source, "the listed image": files}
+    return {"the matched image": files}
 
 
 def metadata_files(folder):

@@ -58,6 +58,21 @@ def split_params(args):
     return args, []
 
 
+class BatchSize(click.ParamType):
+    """A batch size: a whole number of 1 or more, or auto."""
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, int) and value >= 1):
+            return value
+        if str(value).isdigit() and int(value) >= 1:
+            return int(value)
+        self.fail(f"{value!r}: give a whole number of 1 or more, or auto.", param, ctx)
+
+
+BATCH_SIZE = BatchSize()
+
+
 class ParamsCommand(click.Command):
     """A click command that hands everything after the word `params` to the command as `overrides`, on top of
     those of --params-file."""
@@ -161,8 +176,9 @@ def relative(path):
 @click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: the number of Ray Train workers.  "
               "[default: 1]")
 @click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
-@click.option("--batch-size", help="Images per batch (params --learning_parameters.batch_size), or auto: on a GPU the "
-              "largest that fits in memory with a margin, on a CPU the fastest; the learning rate scales with it.")
+@click.option("--batch-size", type=BATCH_SIZE, help="Images per batch (params --learning_parameters.batch_size), "
+              "or auto: on a GPU the largest that fits in memory with a margin, on a CPU the fastest; the learning "
+              "rate scales with it.")
 def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, augmentation,
           template_dir, devices, engine, workers, ray_address, batch_size, overrides, **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
@@ -174,7 +190,7 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
     """
     setup_logging()
     if batch_size is not None:
-        overrides["learning_parameters.batch_size"] = batch_size
+        overrides["learning_parameters.batch_size"] = str(batch_size)
     Engine(data, device=device, template_dirs=template_dir, **paths).train(
         template, output, overrides, pretrained=pretrained, load_weights=load_weights, seed=seed, resume=resume,
         val_split=val_split, augmentation=augmentation, devices=devices, engine=engine, workers=workers,
@@ -361,7 +377,12 @@ def predict(load_weights, input_path, output, output_format, resume, threshold, 
               help="How long the first request of a batch waits for others.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests waiting at most; past it a request gets 503 with Retry-After at once.")
-@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20, show_default=True)
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=20, show_default=True,
+              help="Largest request body; reading stops there with 413, however the body arrives.")
+@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True,
+              help="A request still unanswered after this long gets 504, and its work is dropped.")
+@click.option("--api-key", envvar="OTXLITE_API_KEY", help="Require 'Authorization: Bearer <key>' on every route but "
+              "/health, /ready and the page (or set OTXLITE_API_KEY, which keeps the key out of the process list).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: one process. ray: replicas on Ray Serve (pip install 'otxlite[serve-ray]').")
@@ -372,8 +393,9 @@ def predict(load_weights, input_path, output, output_format, resume, threshold, 
 @click.option("--max-queued-requests", type=click.IntRange(min=1),
               help="With --engine ray: requests waiting across replicas at most.  [default: --max-queue]")
 @click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
-def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue, max_body_mb, device, engine,
-          replicas, min_replicas, max_replicas, max_queued_requests, ray_address):
+def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue, max_body_mb,
+          request_timeout_s, api_key, device, engine, replicas, min_replicas, max_replicas, max_queued_requests,
+          ray_address):
     """Serve a model over HTTP: POST /predict, a page at /, /health, /ready, /model, /metrics, KServe v2."""
     from otxlite.serve import RayScaling
 
@@ -385,7 +407,8 @@ def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, ma
                                "go with --engine ray.")
     click.echo(f"Serving {load_weights} on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
     Engine(device=device).serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue,
-                                max_body_mb, ray=RayScaling(**ray_options) if engine == "ray" else None)
+                                max_body_mb, ray=RayScaling(**ray_options) if engine == "ray" else None,
+                                request_timeout_s=request_timeout_s, api_key=api_key)
 
 
 @cli.command(epilog=epilog("deploy"))

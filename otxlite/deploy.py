@@ -34,6 +34,9 @@ To serve it over HTTP as `otxlite serve` does (POST /predict, a page at /, /heal
 
     .venv/bin/pip install -r requirements-serve.txt
     .venv/bin/python serve.py [--host 127.0.0.1] [--port 8000]
+
+Beyond loopback, require a key: `OTXLITE_API_KEY=... .venv/bin/python serve.py --host 0.0.0.0`; clients then
+send `Authorization: Bearer <key>`.
 """
 
 

@@ -205,16 +205,18 @@ def log_file(path):
 def refuse_overwriting(outputs, inputs):
     """One error (ArgumentError), before any work, when an output path is, contains or lies inside an input.
 
-    outputs: {flag: path} the command will write (a file or a folder); inputs: {what: path} it reads (files and
-    folders). A new folder, or one beside the inputs, is fine.
+    outputs: {flag: path} the command will write (a file or a folder); inputs: {what: path, or a list of paths} it
+    reads (files and folders). A new folder, or one beside the inputs, is fine.
     """
     from otxlite import ArgumentError
 
+    read_paths = [(what, source) for what, sources in inputs.items()
+                  for source in (sources if isinstance(sources, list) else [sources])]
     for flag, output in outputs.items():
         if output is None:
             continue
         written = Path(output).absolute().resolve()
-        for what, source in inputs.items():
+        for what, source in read_paths:
             read = Path(source).absolute().resolve()
             relation = ("is" if written == read else "contains" if read.is_relative_to(written)
                         else "lies inside" if written.is_relative_to(read) else None)

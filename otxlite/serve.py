@@ -85,12 +85,18 @@ class RayScaling:
             raise ArgumentError("give --replicas, or --min-replicas and --max-replicas for autoscaling, not both.")
 
 
-def serve(model_path, host="127.0.0.1", port=8000, device="auto", limits=Limits(), threshold=None, ray=None):
+def serve(model_path, host="127.0.0.1", port=8000, device="auto", limits=Limits(), threshold=None, ray=None,
+          api_key=None):
     """Run the service until SIGTERM or Ctrl-C, which finish the requests in flight and refuse new ones.
-    ray: a RayScaling to serve on Ray Serve's replicas instead of in this process."""
-    if limits.max_batch_size < 1 or limits.max_queue < 1 or limits.batch_wait_ms < 0 or limits.max_body_mb <= 0:
+    ray: a RayScaling to serve on Ray Serve's replicas instead of in this process. api_key: when given, every route
+    but the health probes and the page needs `Authorization: Bearer <api_key>`."""
+    if limits.max_batch_size < 1 or limits.max_queue < 1 or limits.batch_wait_ms < 0 or limits.max_body_mb <= 0 \
+            or limits.request_timeout_s <= 0:
         raise ArgumentError("--max-batch-size and --max-queue take 1 or more, --batch-wait-ms 0 or more, "
-                            "--max-body-mb a positive size.")
+                            "--max-body-mb and --request-timeout-s a positive number.")
+    if api_key is not None and (not api_key.strip() or api_key != api_key.strip()):
+        raise ArgumentError("--api-key: give a key without spaces around it (it is compared as sent after "
+                            "'Bearer ').")
     if ray is not None:
         try:
             from otxlite.serve_ray import serve_on_ray
@@ -98,7 +104,7 @@ def serve(model_path, host="127.0.0.1", port=8000, device="auto", limits=Limits(
             if not (err.name or "").startswith("ray"):
                 raise
             raise OtxliteError("--engine ray needs Ray Serve: pip install 'otxlite[serve-ray]'.") from None
-        return serve_on_ray(model_path, host, port, device, limits, threshold, ray)
+        return serve_on_ray(model_path, host, port, device, limits, threshold, ray, api_key)
     if not (importlib.util.find_spec("fastapi") and importlib.util.find_spec("uvicorn")):
         raise OtxliteError("otxlite serve needs FastAPI and uvicorn: pip install 'otxlite[serve]'.") from None
-    run(create_app(LoadedModel(model_path, device), limits, threshold), host, port)
+    run(create_app(LoadedModel(model_path, device), limits, threshold, api_key=api_key), host, port)

@@ -20,7 +20,7 @@ from otxlite import ModelFileError, OtxliteError
 from otxlite.files import read_label_schema
 from otxlite.ray_cluster import init_ray
 from otxlite.serve import LoadedModel
-from otxlite.service import Batcher, create_app
+from otxlite.service import Batcher, create_app, warn_if_open
 
 log = logging.getLogger("otxlite")
 QUIET = LoggingConfig(log_level="WARNING", enable_access_log=False)  # no line a request, in Ray's logs or ours
@@ -48,15 +48,15 @@ class RayBatcher(Batcher):
 class Replica:
     """One Ray Serve replica of the service: its app is built, and its model loaded, in the replica's process."""
 
-    def __init__(self, model_path, device, limits, threshold):
-        self.arguments = model_path, device, limits, threshold
+    def __init__(self, model_path, device, limits, threshold, api_key):
+        self.arguments = model_path, device, limits, threshold, api_key
 
     def __serve_build_asgi_app__(self):
-        model_path, device, limits, threshold = self.arguments
-        return create_app(LoadedModel(model_path, device), limits, threshold, RayBatcher)
+        model_path, device, limits, threshold, api_key = self.arguments
+        return create_app(LoadedModel(model_path, device), limits, threshold, RayBatcher, api_key)
 
 
-def serve_on_ray(model_path, host, port, device, limits, threshold, scaling):
+def serve_on_ray(model_path, host, port, device, limits, threshold, scaling, api_key=None):
     """Serve on Ray Serve (a local Ray instance unless scaling.address) until SIGTERM or Ctrl-C."""
     if not Path(model_path).is_file():  # the replicas would fail on it, after Ray has started: say it now
         raise ModelFileError(f"{model_path}: file not found.")
@@ -71,6 +71,7 @@ def serve_on_ray(model_path, host, port, device, limits, threshold, scaling):
         serve.ingress()(Replica), name="otxlite", max_ongoing_requests=2 * limits.max_batch_size,
         max_queued_requests=scaling.max_queued_requests or limits.max_queue,
         ray_actor_options={"num_cpus": 1, "num_gpus": 1 if device == "cuda" else 0}, logging_config=QUIET, **replicas)
+    warn_if_open(host, api_key)
     init_ray(scaling.address, logging_level="warning")
     stopped = threading.Event()
     for stop in (signal.SIGTERM, signal.SIGINT):  # in place of ray.init's handler, which exits at once
@@ -79,7 +80,8 @@ def serve_on_ray(model_path, host, port, device, limits, threshold, scaling):
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
         try:
-            serve.run(deployment.bind(str(model_path), device, limits, threshold), name="otxlite", route_prefix="/")
+            serve.run(deployment.bind(str(model_path), device, limits, threshold, api_key), name="otxlite",
+                      route_prefix="/")
         except Exception as err:  # Ray's traceback says little more; the replica's own error is in the log above
             reason = "".join(traceback.format_exception_only(err)).strip().splitlines()[-1]
             raise OtxliteError(f"Ray Serve could not start the replicas ({reason}); their error is above.") from None

@@ -1,8 +1,11 @@
 """The HTTP service of `otxlite serve`, on FastAPI and uvicorn, for any model that the Model protocol describes.
 
 Requests that arrive together run as one batch (up to max_batch_size, waiting at most batch_wait_ms for more). At
-most max_queue requests wait; past that a request is answered 503 at once. Every error is a 4xx JSON
-{"error": "..."} that names the problem, and the service goes on.
+most max_queue requests wait; past that a request is answered 503 at once. A body is read up to max_body_mb however
+it arrives (413 past it), a request unanswered after request_timeout_s gets 504 and its work is dropped, and with an
+API key every route but the health probes and the page needs `Authorization: Bearer <key>`. Every error is a 4xx
+(or 5xx) JSON {"error": "..."} that names the problem, a client that goes away is one log line, and the service
+goes on.
 
 This file needs no torch and no otxlite: `otxlite deploy` copies it into each package as serve.py, where it serves
 the packaged OpenVINO model (`python serve.py`), with only openvino, numpy, pillow and the server packages.
@@ -12,7 +15,9 @@ import argparse
 import asyncio
 import base64
 import binascii
+import hmac
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -22,14 +27,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 log = logging.getLogger("otxlite")
 IMAGE_TYPES = {"image/jpeg": ".jpg", "image/png": ".png", "image/bmp": ".bmp", "image/tiff": ".tif",
                "image/webp": ".webp"}
 KSERVE_INPUT, KSERVE_OUTPUT = "image", "detections"
 PAGE = Path(__file__).with_name("serve_page.html")
+API_KEY_VARIABLE = "OTXLITE_API_KEY"
+OPEN_ROUTES = ("/health", "/ready", "/v2/health/live", "/v2/health/ready", "/")  # no API key: probes, the page
+QUERY_PARAMETERS = {"/predict": ("threshold", "explain")}  # every other route takes none
 
 
 class Model:
@@ -66,6 +77,7 @@ class Limits:
     batch_wait_ms: float = 5
     max_queue: int = 64
     max_body_mb: float = 20
+    request_timeout_s: float = 60
 
 
 class RequestError(Exception):
@@ -92,6 +104,100 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64))
         self.queue_depth = Gauge("otxlite_queue_depth", "Requests admitted and not yet answered",
                                  registry=self.registry)
+
+
+class Guard:
+    """ASGI middleware in front of every route: the API key, the known query parameters, the body limit however the
+    body arrives (Content-Length, chunked, multipart), the request timeout, one log line for a client that went
+    away, and the request metrics."""
+
+    def __init__(self, app, limits, api_key, metrics, routes):
+        self.app, self.limits, self.metrics, self.routes = app, limits, metrics, routes
+        self.api_key = api_key.encode() if api_key else None
+        self.max_bytes = limits.max_body_mb * 2**20
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), []
+        route = scope["path"] if scope["path"] in self.routes else "other"
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+        try:
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                await respond(sending, refusal)
+            else:
+                await asyncio.wait_for(self.app(scope, self.limited(receive), sending), self.limits.request_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("%s: no answer within --request-timeout-s %g; answered 504 and dropped its work.",
+                        described(scope), self.limits.request_timeout_s)
+            if not status:
+                await respond(sending, RequestError(504, f"no answer within --request-timeout-s "
+                                                         f"{self.limits.request_timeout_s:g}; try again later."))
+        except ClientGone as gone:
+            log.info("%s: %s", described(scope), gone)
+            status.append(499)  # nginx's code for a client that closed the request; nothing is sent
+        self.metrics.requests.labels(route, str(status[0] if status else 499)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    def refusal(self, scope):
+        """The RequestError that answers this request before its body is read, or None."""
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        if self.api_key is not None and scope["path"] not in OPEN_ROUTES:
+            scheme, _, given = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key):
+                return RequestError(401, "this service needs its API key: send the header 'Authorization: Bearer "
+                                         "<key>'." if "authorization" not in headers else "the API key is wrong.",
+                                    {"WWW-Authenticate": "Bearer"})
+        known = QUERY_PARAMETERS.get(scope["path"], ())
+        unknown = [name for name, _ in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                   if name not in known]
+        if unknown:
+            takes = f"known: {', '.join(known)}" if known else "it takes none"
+            return RequestError(400, f"unknown query parameter {unknown[0]!r} on {scope['path']}; {takes}.")
+        length = headers.get("content-length", "0")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return RequestError(413, f"the body is {int(length) / 2**20:.1f} MB, over --max-body-mb "
+                                     f"{self.limits.max_body_mb:g}.")
+        return None
+
+    def limited(self, receive):
+        """receive, raising RequestError 413 once the body passes the limit and ClientGone when the client left."""
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone("the client went away before its request was read whole; dropped.")
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise RequestError(413, f"the body is over --max-body-mb {self.limits.max_body_mb:g}; reading "
+                                        f"stopped there.")
+            return message
+        return limited_receive
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the whole request was read."""
+
+
+async def respond(send, err):
+    """Send err as a JSON response through an ASGI send."""
+    body = json.dumps({"error": err.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *((name.lower().encode(), value.encode()) for name, value in err.headers.items())]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def described(scope):
+    client = scope.get("client") or ("?", 0)
+    return f"{scope['method']} {scope['path']} from {client[0]}:{client[1]}"
 
 
 class Batcher:
@@ -216,34 +322,64 @@ def file_name_for(content_type, given=None):
     return given or "upload" + IMAGE_TYPES.get(content_type, "")
 
 
+class KServeParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    threshold: float | None = None
+    binary_data_size: StrictInt | None = Field(None, ge=4)
+
+
+class KServeTensor(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    datatype: str
+    shape: list[StrictInt]
+    parameters: KServeParameters = Field(default_factory=KServeParameters)
+    data: list[Any] | None = None
+
+
+class KServeRequest(BaseModel):
+    """The fields of a KServe v2 infer request that the service reads, with their JSON types."""
+    model_config = ConfigDict(extra="allow")
+    id: str = ""
+    parameters: KServeParameters = Field(default_factory=KServeParameters)
+    inputs: list[KServeTensor] = Field(min_length=1)
+
+
 def kserve_image(body, headers):
-    """The encoded image of a KServe v2 / Open Inference Protocol infer request: one BYTES element of the input
-    "image", as base64 text in JSON "data", or raw in the binary-data extension that tritonclient sends."""
+    """(the encoded image, the KServeRequest) of a KServe v2 / Open Inference Protocol infer request: one BYTES
+    element of the input "image", as base64 text in JSON "data", or raw in the binary-data extension that
+    tritonclient sends. RequestError 400 naming the field for any other shape."""
+    usage = "send JSON with \"inputs\": [{\"name\": \"image\", \"datatype\": \"BYTES\", ...}]."
     header_length = headers.get("inference-header-content-length")
+    if header_length is not None and not (header_length.isdigit() and int(header_length) <= len(body)):
+        raise RequestError(400, f"Inference-Header-Content-Length {header_length!r}: give the length in bytes of "
+                                f"the JSON header at the start of the body ({len(body)} bytes).")
+    length = len(body) if header_length is None else int(header_length)
     try:
-        if header_length is not None:
-            length = int(header_length)
-            request, binary = json.loads(body[:length]), body[length:]
-        else:
-            request, binary = json.loads(body), b""
-        inputs = {tensor["name"]: tensor for tensor in request["inputs"]}
-    except (ValueError, KeyError, TypeError) as err:
-        raise RequestError(400, f"not a KServe v2 infer request ({type(err).__name__}: {err}); send JSON with "
-                                f"\"inputs\": [{{\"name\": \"image\", \"datatype\": \"BYTES\", ...}}].") from None
+        request = KServeRequest.model_validate_json(body[:length])
+    except ValidationError as err:
+        problem = err.errors()[0]
+        if problem["type"] in ("json_invalid", "model_type"):
+            raise RequestError(400, f"not a KServe v2 infer request ({problem['msg']}); {usage}") from None
+        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"]).lstrip(".")
+        raise RequestError(400, f"not a KServe v2 infer request: {field}: {problem['msg'].lower()} (got "
+                                f"{json.dumps(problem['input'])[:80]}); {usage}") from None
+    binary = body[length:]
+    inputs = {tensor.name: tensor for tensor in request.inputs}
     tensor = inputs.get(KSERVE_INPUT)
-    if tensor is None or tensor.get("datatype") != "BYTES":
+    if tensor is None or tensor.datatype != "BYTES":
         raise RequestError(400, f"the infer request needs an input named {KSERVE_INPUT!r} of datatype BYTES "
                                 f"holding one encoded image; it has {sorted(inputs)}.")
-    if tensor.get("shape") not in ([1], [1, 1]):
-        raise RequestError(400, f"input {KSERVE_INPUT!r} has shape {tensor.get('shape')}: send one image, shape [1].")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if tensor.shape not in ([1], [1, 1]):
+        raise RequestError(400, f"input {KSERVE_INPUT!r} has shape {tensor.shape}: send one image, shape [1].")
+    size = tensor.parameters.binary_data_size
     if size is not None:
         element = binary[:size]
         if len(element) < 4 or struct.unpack("<I", element[:4])[0] != len(element) - 4:
             raise RequestError(400, "the binary data of input 'image' is not one length-prefixed BYTES element.")
         return element[4:], request
-    data = tensor.get("data")
-    if not isinstance(data, list) or len(data) != 1 or not isinstance(data[0], str):
+    data = tensor.data
+    if data is None or len(data) != 1 or not isinstance(data[0], str):
         raise RequestError(400, "input 'image' needs \"data\": [\"<the image file, base64-encoded>\"].")
     try:
         return base64.b64decode(data[0], validate=True), request
@@ -251,9 +387,10 @@ def kserve_image(body, headers):
         raise RequestError(400, "input 'image' data is not base64 text: base64-encode the image file.") from None
 
 
-def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
+def create_app(model, limits=Limits(), threshold=None, batcher=Batcher, api_key=None):
     """The FastAPI application serving a Model (see the module's docstring). threshold: the default one (else
-    the model's); batcher: the class that groups requests into model calls (Ray Serve's replicas pass theirs)."""
+    the model's); batcher: the class that groups requests into model calls (Ray Serve's replicas pass theirs);
+    api_key: when given, the Bearer token that every route but the health probes and the page needs."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -293,28 +430,6 @@ def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
     async def validation_error(request, err):
         return error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
 
-    @app.middleware("http")
-    async def measured(request, call_next):
-        started = time.perf_counter()
-        route = request.url.path if request.url.path in ROUTES else "other"
-        length = int(request.headers.get("content-length") or 0)
-        if length > limits.max_body_mb * 2**20:
-            response = error(413, f"the body is {length / 2**20:.1f} MB; --max-body-mb is {limits.max_body_mb:g}.")
-        else:
-            response = await call_next(request)
-        service.metrics.requests.labels(route, str(response.status_code)).inc()
-        service.metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
-
-    async def body_of(request):
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limits.max_body_mb * 2**20:
-                raise RequestError(413, f"the body is over --max-body-mb {limits.max_body_mb:g}.")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     @app.post("/predict")
     async def predict(request: Request, threshold: str | None = None, explain: str | None = None):
         """Detections for one image: multipart (any file field) or a raw body with an image content type."""
@@ -328,7 +443,7 @@ def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
             data, name = await files[0].read(), Path(files[0].filename or "").name
             content_type = files[0].content_type
         elif content_type in IMAGE_TYPES or content_type == "application/octet-stream":
-            data, name = await body_of(request), None
+            data, name = await request.body(), None
         else:
             raise RequestError(415, f"content type {content_type or 'none'}: send the image as multipart/form-data "
                                     f"or as a raw body with an image type ({', '.join(IMAGE_TYPES)}).")
@@ -378,10 +493,10 @@ def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
     async def kserve_infer(name: str, request: Request):
         """The detections, as `POST /predict` answers them, in one BYTES output element of JSON text."""
         known(name)
-        data, infer = kserve_image(await body_of(request), request.headers)
-        threshold = service.parse_threshold((infer.get("parameters") or {}).get("threshold"))
+        data, infer = kserve_image(await request.body(), request.headers)
+        threshold = service.parse_threshold(infer.parameters.threshold)
         records = await service.predict(data, "upload", threshold)
-        return {"model_name": model.name, "model_version": "1", "id": infer.get("id", ""),
+        return {"model_name": model.name, "model_version": "1", "id": infer.id,
                 "outputs": [{"name": KSERVE_OUTPUT, "datatype": "BYTES", "shape": [1],
                              "data": [json.dumps(records)]}]}
 
@@ -389,7 +504,9 @@ def create_app(model, limits=Limits(), threshold=None, batcher=Batcher):
     async def page():
         return PAGE.read_text()
 
-    ROUTES = {route.path for route in app.routes}
+    app.add_middleware(Guard, limits=limits, api_key=api_key, metrics=service.metrics,
+                       routes={route.path for route in app.routes})
+    app.state.api_key = api_key
     return app
 
 
@@ -435,9 +552,21 @@ def run(app, host, port):
     """Serve app with uvicorn until SIGTERM or Ctrl-C, which finish the requests in flight, then exit status 0."""
     import uvicorn
 
+    warn_if_open(host, app.state.api_key)
     for stop in (signal.SIGTERM, signal.SIGINT):  # uvicorn shuts down gracefully, then raises the signal again:
         signal.signal(stop, lambda *_: None)      # a stop that finished its requests is then exit status 0
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+
+
+def warn_if_open(host, api_key):
+    """A warning when the service listens beyond loopback without an API key."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        loopback = False
+    if not loopback and not api_key:
+        log.warning("Listening on %s without an API key: anyone who can reach this port can use the model. Set "
+                    "--api-key (or %s) to require 'Authorization: Bearer <key>'.", host, API_KEY_VARIABLE)
 
 
 def main():
@@ -459,10 +588,14 @@ def main():
     parser.add_argument("--batch-wait-ms", type=at_least(0, float), default=Limits.batch_wait_ms)
     parser.add_argument("--max-queue", type=at_least(1, int), default=Limits.max_queue)
     parser.add_argument("--max-body-mb", type=at_least(0.001, float), default=Limits.max_body_mb)
+    parser.add_argument("--request-timeout-s", type=at_least(0.001, float), default=Limits.request_timeout_s,
+                        help="answer 504 to a request still unanswered after this long")
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                        help=f"require 'Authorization: Bearer <key>' (default: ${API_KEY_VARIABLE})")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    limits = Limits(args.max_batch_size, args.batch_wait_ms, args.max_queue, args.max_body_mb)
-    run(create_app(PackagedModel(), limits, args.threshold), args.host, args.port)
+    limits = Limits(args.max_batch_size, args.batch_wait_ms, args.max_queue, args.max_body_mb, args.request_timeout_s)
+    run(create_app(PackagedModel(), limits, args.threshold, api_key=args.api_key), args.host, args.port)
 
 
 if __name__ == "__main__":

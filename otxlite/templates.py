@@ -140,11 +140,26 @@ class Dimension(Strict):
     def one_kind(self):
         if (self.choices is None) == (self.low is None or self.high is None):
             raise ValueError("give low and high, or choices")
-        if self.choices is None and not self.low < self.high:
-            raise ValueError("low must be under high")
+        if self.choices is not None and not self.choices:
+            raise ValueError("choices needs at least one value")
+        if self.choices is None and not self.low <= self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.step is not None and not self.step > 0:
+            raise ValueError(f"step {self.step}: give a step above 0")
         if self.log and (self.step is not None or self.low <= 0):
             raise ValueError("log needs low > 0 and no step")
         return self
+
+    @staticmethod
+    def given(value):
+        """Whether a params value is a search range ({low: .., high: ..} or {choices: [..]}), not a value."""
+        return isinstance(value, dict) and bool({"low", "high", "choices"} & set(value))
+
+    def ends(self):
+        """The values a search may try at its edges: every choice, or low, high and (with a step) low + step."""
+        if self.choices is not None:
+            return self.choices
+        return [self.low, self.high] + ([self.low + self.step] if self.step and self.low + self.step <= self.high else [])
 
 
 class ModelSpec(Strict):
@@ -176,6 +191,7 @@ def validated(template, source, overrides=None):
         checked = Template.model_validate(template).model_dump(exclude_none=True)
     except pydantic.ValidationError as err:
         problem = err.errors()[0]
+        problem["msg"] = problem["msg"].removeprefix("Value error, ")  # a validator's own words
         where = ".".join(str(part) for part in problem["loc"])
         key = where.removeprefix("hyper_parameters.")
         hint = " (a YAML list, e.g. '[16, 22]')" if problem["type"] == "list_type" else ""
@@ -263,6 +279,8 @@ def apply_overrides(template, overrides):
             node[leaf] = yaml.safe_load(text)
         except yaml.YAMLError:
             node[leaf] = text
+        if Dimension.given(node[leaf]):
+            raise TemplateError(f"params --{key} {text}: a search range is for `otxlite tune`; give one value.")
     return validated(template, template.get("path", template["id"]), overrides)
 
 
@@ -273,15 +291,15 @@ def read_params_file(path):
     if not isinstance(content, dict):
         raise TemplateError(f"{path}: a params file maps hyper-parameter names to values, e.g. "
                             f"'learning_parameters.batch_size: 16'.")
-    return parse_overrides(flatten(content))
+    return parse_overrides(flatten(content, leaf=Dimension.given))
 
 
-def flatten(tree, prefix=""):
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
+def flatten(tree, prefix="", leaf=lambda value: False):
+    """{'a': {'b': 1}} -> {'a.b': 1}; a dict that leaf(dict) accepts (such as a search range) stays a value."""
     flat = {}
     for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+        if isinstance(value, dict) and not leaf(value):
+            flat.update(flatten(value, f"{prefix}{key}.", leaf))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

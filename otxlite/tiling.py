@@ -18,6 +18,7 @@ import torch
 from pycocotools import mask as coco_mask
 from torchvision.ops import batched_nms
 
+from otxlite import TemplateError
 from otxlite.anchors import SMALL_OBJECT, median_sides
 from otxlite.models import InputSize
 
@@ -127,6 +128,19 @@ def decided(template, model, samples, schema):
             reason = f"every class's median object is at least {SMALL_OBJECT} px at the model's input ({shown})"
         log.info("Tiling (auto): %s: %s. params --tiling.enable %s overrides.", "on" if settings["enable"] else "off",
                  reason, "false" if settings["enable"] else "true")
+        asked = False
+    else:
+        asked = True
+    if settings["enable"] and not any(windows(s.height, s.width, settings) for s in samples):
+        largest = max(samples, key=lambda s: s.width * s.height)
+        problem = (f"tile_size {settings['tile_size']} (max_tiles {settings['max_tiles']}) cuts none of the "
+                   f"{len(samples)} training images into tiles: one tile covers each whole (the largest is "
+                   f"{largest.width}x{largest.height})")
+        if asked:
+            raise TemplateError(f"tiling.enable true: {problem}. Give a smaller tile size (params --tiling.tile_size "
+                                f"N), or leave tiling off (--tiling.enable false).")
+        log.warning("Tiling (auto): off after all: %s.", problem)
+        settings["enable"] = False
     hyper_parameters = {**template["hyper_parameters"], "tiling": settings}
     return {**template, "hyper_parameters": hyper_parameters}
 

@@ -52,6 +52,8 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
         output, specs = output.absolute(), {name: spec.absolute() for name, spec in specs.items()}
         load_weights = load_weights and Path(load_weights).absolute()
     arguments = (template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
+    if engine == "ray" or devices > 1:
+        check_before_launch(template, overrides, devices, engine, resume, output)
     if engine == "ray":
         distributed.launch_ray(train_process, arguments, devices, pick_device(device), ray_address, output)
     elif devices > 1:
@@ -59,6 +61,18 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     else:
         train_process(*arguments, report=report)
     return output / "weights.pth"
+
+
+def check_before_launch(template, overrides, devices, engine, resume, output):
+    """The template with its overrides checked in this process, before any worker starts: a bad value is one error
+    here, not one in every worker."""
+    if resume:
+        template = load_checkpoint(output / "checkpoints" / "last.pth")["template"]
+    params = apply_overrides(template, overrides or {})["hyper_parameters"]["learning_parameters"]
+    if params["batch_size"] == "auto" and devices > 1:
+        processes = f"--workers {devices}" if engine == "ray" else f"--devices {devices}"
+        raise OtxliteError(f"--batch-size auto chooses the batch of one process; with {processes} give a number "
+                           f"(--batch-size N: each process takes N images).")
 
 
 def train_process(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report=None):

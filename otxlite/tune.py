@@ -119,9 +119,11 @@ def search_space(template, overrides):
     """(space, fixed): the template's hpo section (or one derived from its values when it has none) as
     {params name: dimension}, and the overrides that are not ranges. An override naming a searched parameter
     takes it out of the search; one whose value is a range ({low: .., high: ..} or {choices: [..]}) replaces
-    or adds that parameter's range."""
-    space = dict(template.get("hpo") or derived_space(template))
+    or adds that parameter's range. The whole space is checked here, before any trial: every choice and both
+    ends of every range must be a value the template takes."""
+    space = {key: (f"hpo.{key}", dimension) for key, dimension in (template.get("hpo") or {}).items()}
     if not template.get("hpo"):
+        space = {key: (f"hpo.{key}", dimension) for key, dimension in derived_space(template).items()}
         log.info("%s has no hpo section: searching the ranges derived from its values.", template["id"])
     fixed = {}
     for key, text in overrides.items():
@@ -129,19 +131,28 @@ def search_space(template, overrides):
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        if isinstance(value, dict) and {"low", "high", "choices"} & set(value):
+        if Dimension.given(value):
             try:
-                space[key] = Dimension.model_validate(value).model_dump(exclude_none=True)
+                space[key] = (f"params --{key} {text}", Dimension.model_validate(value).model_dump(exclude_none=True))
             except ValueError as err:
-                raise ArgumentError(f"params --{key} {text}: {err.errors()[0]['msg'].lower()}.") from None
+                raise ArgumentError(f"params --{key} {text}: "
+                                    f"{err.errors()[0]['msg'].removeprefix('Value error, ').lower()}.") from None
         else:
             fixed[key] = text
             space.pop(key, None)
-    for key, dimension in space.items():  # an unknown name is an error now, not after the first trial
-        apply_overrides(template, {key: str(dimension["choices"][0] if "choices" in dimension else dimension["low"])})
     if not space:
         raise ArgumentError("Nothing to search: params fixes every parameter of the hpo section.")
-    return space, fixed
+    base = apply_overrides(template, fixed)  # a bad fixed value is an error now too
+    for key, (source, dimension) in space.items():  # an unknown name or a bad value is an error now, not in a trial
+        for value in Dimension.model_validate(dimension).ends():
+            try:
+                apply_overrides(base, as_overrides({key: value}))
+            except OtxliteError as err:
+                if "Unknown hyper-parameter" in str(err):
+                    raise
+                reason = str(err).split(": ", 1)[-1]
+                raise ArgumentError(f"{source}: the value {value!r} cannot be tried: {reason}") from None
+    return {key: dimension for key, (_, dimension) in space.items()}, fixed
 
 
 def derived_space(template):

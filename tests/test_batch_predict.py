@@ -58,11 +58,21 @@ def test_glob_and_list_inputs_name_files_as_the_folder_does(exported, tmp_path, 
     assert status == 0, err
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg") if "drawn" in p.parts) == \
         sorted(["drawn/again.jpg", f"drawn/{images[1].name}"])  # drawn inside --output, never beside the input
-    for command, source, output in (("demo", f"{tmp_path}/in/*.jpg", tmp_path / "in"),  # would draw over them
-                                    ("demo", tmp_path / "in" / "sub dir ü" / "up.txt", tmp_path / "in"),
-                                    ("predict", f"{tmp_path}/in/**/*.jpg", tmp_path / "in" / "sub dir ü" / "p.json")):
+    for command, source, output, clash in (
+            ("demo", f"{tmp_path}/in/*.jpg", tmp_path / "in", "contains the matched image"),  # would draw over them
+            ("demo", tmp_path / "in" / "sub dir ü" / "up.txt", tmp_path / "in", "contains the list "),
+            ("predict", f"{tmp_path}/in/**/*.jpg", tmp_path / "in" / "sub dir ü" / "again.jpg",
+             f"is the matched image {tmp_path / 'in' / 'sub dir ü' / 'again.jpg'}"),
+            ("predict", tmp_path / "in" / "sub dir ü" / "up.txt", tmp_path / "in" / "sub dir ü" / "up.txt",
+             f"is the list {tmp_path / 'in' / 'sub dir ü' / 'up.txt'}")):
         status, _, err = otxlite(command, "--load-weights", model, "--input", source, "--output", output)
-        assert status == 2 and "otxlite never writes over its inputs" in err, (command, source, err)
+        assert status == 2 and "otxlite never writes over its inputs" in err and clash in err, (command, source, err)
+    # the images a list or a pattern names are the inputs, not their folders: an output beside them is fine
+    for source in (tmp_path / "in" / "sub dir ü" / "up.txt", f"{tmp_path}/in/**/*.jpg"):
+        output = tmp_path / "in" / "sub dir ü" / "beside.json"
+        status, _, err = otxlite("predict", "--load-weights", model, "--input", source, "--output", output)
+        assert status == 0 and output.is_file(), err
+        output.unlink()
 
 
 @FASTER_RCNN

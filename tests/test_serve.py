@@ -52,9 +52,9 @@ class Server:
             time.sleep(0.5)
         raise AssertionError(f"the server did not become ready: {self.stop()}")
 
-    def predict(self, data=IMAGE.read_bytes(), name=IMAGE.name, **params):
+    def predict(self, data=IMAGE.read_bytes(), name=IMAGE.name, headers=None, **params):
         return requests.post(self.url + "/predict", files={"image": (name, data, "image/jpeg")}, params=params,
-                             timeout=120)
+                             headers=headers, timeout=120)
 
     def stop(self):
         """Its output, once it has exited (SIGTERM if it still runs)."""
@@ -135,13 +135,21 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_good_ones_still_their_ans
         (lambda: requests.post(running.url + "/v2/models/export/infer", timeout=10,
                                json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                                  "data": ["%%%"]}]}), 400, "not base64"),
+        (lambda: requests.post(running.url + "/v2/models/export/infer", timeout=10,
+                               json={"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                                 "parameters": {"binary_data_size": "12"}}]}), 400,
+         "inputs[0].parameters.binary_data_size: input should be a valid integer"),
+        (lambda: post(data=image, headers={"Content-Type": "image/jpeg"}, params={"treshold": "0.3"}), 400,
+         "unknown query parameter 'treshold' on /predict; known: threshold, explain"),
+        (lambda: requests.get(running.url + "/model", params={"verbose": "1"}, timeout=10), 400,
+         "unknown query parameter 'verbose' on /model; it takes none"),
     ]
     for send, status, says in bad * 2:
         answer = send()
         assert answer.status_code == status and says in answer.json()["error"], (says, answer.text)
         assert running.predict(threshold=0.05).json() == good
     metrics = requests.get(running.url + "/metrics", timeout=10).text
-    assert 'otxlite_requests_total{route="/predict",status="400"} 6.0' in metrics
+    assert 'otxlite_requests_total{route="/predict",status="400"} 8.0' in metrics
     assert "otxlite_batch_size_bucket" in metrics and "otxlite_queue_depth" in metrics
     assert 'otxlite_request_latency_seconds_count{route="/predict"}' in metrics
 
@@ -238,7 +246,10 @@ def test_ray_serve_replicas_answer_as_the_embedded_server_and_a_killed_replica_i
     pytest.importorskip("ray.serve")
     model = exported[1] / "openvino.xml"
     expected = server(model).predict(threshold=0.05).json()
-    running = server(model, "--engine", "ray", "--replicas", "2", "--max-batch-size", "4")
+    running = server(model, "--engine", "ray", "--replicas", "2", "--max-batch-size", "4",
+                     env={**os.environ, "OTXLITE_API_KEY": "ray-key"})
+    auth = {"Authorization": "Bearer ray-key"}
+    assert running.predict().status_code == 401  # the replicas ask for the key too
 
     def replica_pids(without=None):
         """The processes that answer 30 requests, 6 at a time (so the router spreads them), once two other than
@@ -246,21 +257,22 @@ def test_ray_serve_replicas_answer_as_the_embedded_server_and_a_killed_replica_i
         deadline = time.time() + 120
         while True:
             with ThreadPoolExecutor(6) as pool:
-                answers = list(pool.map(lambda _: requests.get(running.url + "/model", timeout=30), range(30)))
+                answers = list(pool.map(lambda _: requests.get(running.url + "/model", headers=auth, timeout=30),
+                                        range(30)))
             pids = {answer.json()["pid"] for answer in answers if answer.status_code == 200}
             if (len(pids) == 2 and without not in pids) or time.time() > deadline:
                 return pids
             time.sleep(1)
     pids = replica_pids()
     assert len(pids) == 2 and running.process.pid not in pids
-    assert running.predict(threshold=0.05).json() == expected
+    assert running.predict(headers=auth, threshold=0.05).json() == expected
 
     killed = pids.pop()
     os.kill(killed, signal.SIGKILL)
     replaced = replica_pids(without=killed)
     assert len(replaced) == 2 and killed not in replaced, replaced
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: running.predict(threshold=0.05), range(8)))
+        answers = list(pool.map(lambda _: running.predict(headers=auth, threshold=0.05), range(8)))
     assert [answer.status_code for answer in answers] == [200] * 8
     # the replacement replica compiles the model anew: its answers have matched to the digit, and in 1 run of 4
     # differed in the last digits, so after the kill they are compared to 1 px and 0.01 of score
@@ -289,9 +301,9 @@ def chromium_driver(tmp_path):
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
-def predict_count(running):
+def predict_count(running, headers):
     """How many POST /predict the service has answered, from its /metrics."""
-    metrics = requests.get(running.url + "/metrics", timeout=10).text
+    metrics = requests.get(running.url + "/metrics", headers=headers, timeout=10).text
     return sum(float(line.split()[-1]) for line in metrics.splitlines()
                if line.startswith('otxlite_requests_total{route="/predict"'))
 
@@ -303,12 +315,17 @@ def test_the_page_draws_an_uploaded_image_with_the_detections_of_predict_and_its
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    running = server(exported[1] / "openvino.xml")
+    running = server(exported[1] / "openvino.xml", env={**os.environ, "OTXLITE_API_KEY": "page-key"})
+    auth = {"Authorization": "Bearer page-key"}
     browser = chromium_driver(tmp_path)
     try:
         browser.get(running.url + "/")
         wait = WebDriverWait(browser, 60)
+        wait.until(lambda page: "API key" in page.find_element(By.ID, "model").text)  # the service asked for it
+        browser.find_element(By.ID, "key").send_keys("page-key")
+        browser.find_element(By.ID, "key-use").click()
         wait.until(lambda page: "classes WBC, RBC, Platelets" in page.find_element(By.ID, "model").text)
+        assert not browser.find_element(By.ID, "key-row").is_displayed()
         picker = browser.find_element(By.ID, "file")
         browser.execute_script("arguments[0].hidden = false;", picker)  # a person clicks its label
         picker.send_keys(str(IMAGE))
@@ -323,13 +340,13 @@ def test_the_page_draws_an_uploaded_image_with_the_detections_of_predict_and_its
 
         def expected_rows(threshold):
             return [[str(i + 1), d["category_name"], to_fixed(d["score"], 3), *(to_fixed(v, 1) for v in d["bbox"])]
-                    for i, d in enumerate(running.predict(threshold=threshold).json())]
+                    for i, d in enumerate(running.predict(headers=auth, threshold=threshold).json())]
 
         threshold, rows, drawn = shown()
-        model_threshold = requests.get(running.url + "/model", timeout=10).json()["threshold"]
+        model_threshold = requests.get(running.url + "/model", headers=auth, timeout=10).json()["threshold"]
         assert threshold == round(model_threshold, 2) and rows and drawn == len(rows)
         assert rows == expected_rows(threshold)
-        predicted_before = predict_count(running)
+        predicted_before = predict_count(running, auth)
 
         slider = browser.find_element(By.ID, "threshold")
         slider.send_keys(Keys.HOME)  # the slider to 0: every detection, drawn without a new request
@@ -337,7 +354,7 @@ def test_the_page_draws_an_uploaded_image_with_the_detections_of_predict_and_its
         for _ in range(50):
             slider.send_keys(Keys.ARROW_RIGHT)
         raised, fewer_rows, _ = shown()
-        assert predict_count(running) == predicted_before
+        assert predict_count(running, auth) == predicted_before
         assert lowered == 0 and len(more_rows) > len(rows) and drawn == len(more_rows)
         assert more_rows == expected_rows(0)
         assert raised == 0.5 and fewer_rows == expected_rows(0.5)
@@ -371,24 +388,27 @@ def test_the_deploy_package_serves_in_a_fresh_venv_without_torch_as_otxlite_serv
                                capture_output=True, text=True, check=True, env=environment).stdout
     assert "torch" not in {p["name"].lower() for p in json.loads(installed)}
 
-    packaged = server(None, command=(str(venv / "bin" / "python"), "-I", "serve.py"), cwd=tmp_path / "cells",
-                      env=environment)
+    packaged = server(None, "--api-key", "deploy-key", command=(str(venv / "bin" / "python"), "-I", "serve.py"),
+                      cwd=tmp_path / "cells", env=environment)
     embedded = server(model)
+    auth = {"Authorization": "Bearer deploy-key"}
+    refused = packaged.predict()
+    assert refused.status_code == 401 and "Authorization: Bearer" in refused.json()["error"]
     images, detections = sorted(SAMPLE.glob("JPEGImages/*.jpg"))[:3], 0
     for image in images:
         for threshold in (0.05, 0.5):
-            answers = [running.predict(image.read_bytes(), image.name, threshold=threshold) for running in
+            answers = [running.predict(image.read_bytes(), image.name, auth, threshold=threshold) for running in
                        (packaged, embedded)]
             assert [a.status_code for a in answers] == [200, 200] and answers[0].json() == answers[1].json()
             detections += len(answers[0].json())
     assert detections
-    info = [requests.get(running.url + "/model", timeout=10).json() for running in (packaged, embedded)]
+    info = [requests.get(running.url + "/model", headers=auth, timeout=10).json() for running in (packaged, embedded)]
     for key in ("task", "backend", "input_size", "threshold", "labels"):
         assert info[0][key] == info[1][key], key
-    truncated = packaged.predict(images[0].read_bytes()[:5000], "cut.jpg")
+    truncated = packaged.predict(images[0].read_bytes()[:5000], "cut.jpg", auth)
     assert truncated.status_code == 400 and "truncated" in truncated.json()["error"]
     assert requests.get(packaged.url + "/", timeout=10).text == requests.get(embedded.url + "/", timeout=10).text
-    assert "otxlite_batch_size_bucket" in requests.get(packaged.url + "/metrics", timeout=10).text
+    assert "otxlite_batch_size_bucket" in requests.get(packaged.url + "/metrics", headers=auth, timeout=10).text
     packaged.process.send_signal(signal.SIGTERM)
     assert packaged.process.wait(60) == 0
 

@@ -13,7 +13,7 @@ from pycocotools import mask as coco_mask
 from torchvision.ops import box_iou
 
 from conftest import SAMPLE, sample_ids, voc_boxes, write_coco
-from otxlite import deploy_runner
+from otxlite import OtxliteError, deploy_runner
 from otxlite.export import export
 from otxlite.files import load_checkpoint, save_checkpoint, write_label_schema
 from otxlite.formats.base import Sample
@@ -116,6 +116,26 @@ def test_auto_tiles_only_when_small_objects_would_grow_and_says_why(caplog):
     forced = {**template, "hyper_parameters": {**template["hyper_parameters"],
                                                "tiling": {**large, "enable": False, "tile_size": None}}}
     assert decided(forced, model, images(2000, 20), SCHEMA) is forced
+
+
+def test_tiling_that_cuts_no_training_image_is_an_error_when_asked_for_and_a_warning_when_auto(caplog):
+    template = resolve_template("ssdlite320_mobilenet_v3_large")
+    model = build_model(template, 1, pretrained=False)
+    samples = [Sample(image=f"{i}.jpg", source="a.json", width=1000 + i, height=800) for i in range(3)]
+    for sample in samples:
+        sample.add([100, 100, 110, 110], "cell", "annotation 1")
+
+    def with_tiling(**settings):
+        tiling = {**template["hyper_parameters"]["tiling"], **settings}
+        return {**template, "hyper_parameters": {**template["hyper_parameters"], "tiling": tiling}}
+    with pytest.raises(OtxliteError, match=r"tiling.enable true: tile_size 1200 \(max_tiles 64\) cuts none of the 3 "
+                                           r"training images .*the largest is 1002x800\). Give a smaller tile size"):
+        decided(with_tiling(enable=True, tile_size=1200), model, samples, SCHEMA)
+    assert decided(with_tiling(enable=True, tile_size=1001), model, samples, SCHEMA)  # one image is cut: fine
+    with caplog.at_level(logging.WARNING, logger="otxlite"):
+        auto = decided(with_tiling(max_tiles=1), model, samples, SCHEMA)["hyper_parameters"]["tiling"]
+    assert auto["enable"] is False
+    assert "Tiling (auto): off after all: tile_size 320 (max_tiles 1) cuts none of the 3 training images" in caplog.text
 
 
 def mosaic(folder, ids):

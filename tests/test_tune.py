@@ -78,12 +78,76 @@ def test_params_fix_or_narrow_the_search_space_and_bad_names_are_errors():
                                            "learning_parameters.num_iters": "3"})
     assert "learning_parameters.batch_size" not in space and space[LR] == {"low": 0.001, "high": 0.002, "log": True}
     assert fixed == {"learning_parameters.batch_size": "4", "learning_parameters.num_iters": "3"}
-    with pytest.raises(OtxliteError, match="low must be under high"):
+    with pytest.raises(OtxliteError, match="low 0.1 is above high 0.01"):
         search_space(template, {LR: "{low: 0.1, high: 0.01}"})
     with pytest.raises(OtxliteError, match="Unknown hyper-parameter 'learning_parameters.learning_rat'"):
         search_space(template, {"learning_parameters.learning_rat": "{low: 0.1, high: 1}"})
     template["hpo"] = {}  # a template without a search space gets one around its own values
     assert search_space(template, {})[0][LR] == {"low": 0.0025, "high": 0.04, "log": True}
+
+
+BAD_SPACES = {  # a range given after params -> what the one error says (the key and the bad value)
+    "{choices: [2, 4, abc]}": "params --learning_parameters.batch_size {choices: [2, 4, abc]}: the value 'abc' "
+                              "cannot be tried: input should be a valid integer, or auto",
+    "{low: 2, high: 8, step: 0}": "params --learning_parameters.batch_size {low: 2, high: 8, step: 0}: step 0: give "
+                                  "a step above 0",
+    "{low: 1.5, high: 8}": "the value 1.5 cannot be tried: input should be a valid integer (or auto), got a number "
+                           "with a fractional part",
+    "{low: 0, high: 8, log: true}": "{low: 0, high: 8, log: true}: log needs low > 0 and no step",
+    "{low: 8, high: 2}": "{low: 8, high: 2}: low 8 is above high 2",
+    "{choices: []}": "{choices: []}: choices needs at least one value",
+}
+
+
+@pytest.mark.parametrize("space", BAD_SPACES)
+def test_the_whole_search_space_is_checked_before_any_trial_from_params_and_from_a_params_file(
+        space, tmp_path, tiny_voc, otxlite):
+    for source in ("params", "file"):
+        output = tmp_path / source
+        if source == "params":
+            status, _, err = otxlite("tune", TEMPLATE, "--data", tiny_voc, "--output", output, "--no-pretrained",
+                                     "params", "--learning_parameters.batch_size", space)
+        else:
+            params_file = tmp_path / "ranges.yaml"
+            params_file.write_text(yaml.safe_dump({"learning_parameters": {"batch_size": yaml.safe_load(space)}}))
+            status, _, err = otxlite("tune", TEMPLATE, "--data", tiny_voc, "--output", output, "--no-pretrained",
+                                     "--params-file", params_file)
+        message = BAD_SPACES[space] if source == "params" else BAD_SPACES[space].split("}: ")[-1]
+        assert status == 2 and message in err and "unexpectedly" not in err, (source, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert not (output / "trials").exists()  # no trial ran
+
+
+def test_a_range_in_a_params_file_narrows_the_search_as_after_params_and_train_refuses_it(tmp_path, tiny_voc,
+                                                                                         otxlite):
+    from otxlite.templates import read_params_file
+
+    params_file = tmp_path / "ranges.yaml"
+    params_file.write_text("learning_parameters:\n  learning_rate: {low: 0.001, high: 0.002, log: true}\n"
+                           "  batch_size: {choices: [2, 4]}\n  num_iters: 3\n")
+    space, fixed = search_space(resolve_template(TEMPLATE), read_params_file(params_file))
+    assert space[LR] == {"low": 0.001, "high": 0.002, "log": True}
+    assert space["learning_parameters.batch_size"] == {"choices": [2, 4], "log": False}
+    assert fixed == {"learning_parameters.num_iters": "3"}
+    status, _, err = otxlite("train", TEMPLATE, "--data", tiny_voc, "--output", tmp_path / "run", "--no-pretrained",
+                             "--params-file", params_file)
+    assert status == 2 and "a search range is for `otxlite tune`; give one value" in err and LR in err
+
+
+def test_train_flags_are_checked_in_the_command_s_own_process_under_the_flag_typed(tmp_path, tiny_voc, otxlite):
+    status, _, err = otxlite("train", TEMPLATE, "--data", tiny_voc, "--output", tmp_path / "a", "--batch-size", "abc")
+    assert status == 2 and "Invalid value for '--batch-size': 'abc': give a whole number of 1 or more, or auto" in err
+    for engine in (["--devices", "2"], ["--engine", "ray", "--workers", "2"]):
+        started = time.monotonic()
+        status, _, err = otxlite("train", TEMPLATE, "--data", tiny_voc, "--output", tmp_path / "b", "--no-pretrained",
+                                 "--batch-size", "auto", *engine)
+        assert status == 2 and f"--batch-size auto chooses the batch of one process; with {' '.join(engine[-2:])} " \
+                               f"give a number" in err, err
+        assert time.monotonic() - started < 30 and not (tmp_path / "b").exists()  # no worker started
+    status, _, err = otxlite("train", TEMPLATE, "--data", tiny_voc, "--output", tmp_path / "c", "--no-pretrained",
+                             "--devices", "2", "params", "--learning_parameters.momentum", "2")
+    assert status == 2 and "params --learning_parameters.momentum 2: input should be less than 1" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_tune_trains_trials_that_train_repeats_from_best_params_and_resumes_after_a_kill(
