@@ -1,9 +1,10 @@
-"""Training recipes ranked on datasets nobody tuned on: each recipe trains a template from random weights with
+"""Training recipes ranked on datasets nobody tuned on: each recipe trains a template from random weights (or, with
+--pretrained, from the template's pretrained weights: those of the offline templates need no network) with
 `--val-split 0.2` (as a user with one folder of images would), keeps the epoch the best-epoch rule picks, and is
 scored on a test split it never saw.
 
 Usage: python benchmarks/recipes.py [--datasets NAME ...] [--templates ID ...] [--recipes NAME ...]
-                                    [--epochs 30] [--seed 0] [--params NAME=VALUE ...] [--output DIR]
+                                    [--epochs 30] [--seed 0] [--params NAME=VALUE ...] [--pretrained] [--output DIR]
 
 Datasets (built under --output from ../shared/datasets; none was used to choose a default):
 - bccd-100: 100 BCCD images (seeded draw) to train on, the other 264 as test; 3 classes, small platelets.
@@ -102,6 +103,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="train's seed (initialisation, batch order, augmentation)")
     parser.add_argument("--params", nargs="+", default=[], metavar="NAME=VALUE",
                         help="params overrides on top of every recipe, e.g. learning_parameters.learning_rate=0.05")
+    parser.add_argument("--pretrained", action="store_true", help="start from the template's pretrained weights")
     parser.add_argument("--output", type=Path, default=Path("/tmp/otxlite-recipes"))
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -110,16 +112,18 @@ def main():
         specs = DATASETS[dataset](args.output / "data")
         for template_id in args.templates:
             for recipe in args.recipes:
-                output = args.output / dataset / template_id / " ".join([recipe, *args.params, f"seed={args.seed}"])
+                output = args.output / dataset / template_id / " ".join(
+                    [recipe, *args.params, f"seed={args.seed}", *(["pretrained"] if args.pretrained else [])])
                 overrides = {**RECIPES[recipe], "learning_parameters.num_iters": str(args.epochs),
                              **dict(item.split("=", 1) for item in args.params)}
                 started = time.perf_counter()
                 weights = train(resolve_template(template_id), {"train": specs["train"]}, output, overrides,
-                                pretrained=False, val_split=0.2, seed=args.seed)
+                                pretrained=args.pretrained, val_split=0.2, seed=args.seed)
                 minutes = (time.perf_counter() - started) / 60
                 kept = load_checkpoint(output / "checkpoints" / "last.pth")["best_metric"]
                 test = evaluate(weights, {"test": specs["test"]})
-                rows.append((dataset, template_id, " ".join([recipe, *args.params]), f"{test['map_50']:.3f}", f"{test['map_50_95']:.3f}",
+                recipe_shown = " ".join([recipe, *args.params, *(["pretrained"] if args.pretrained else [])])
+                rows.append((dataset, template_id, recipe_shown, f"{test['map_50']:.3f}", f"{test['map_50_95']:.3f}",
                              f"{kept['epoch']} ({kept['value']:.3f})", f"{minutes:.1f}"))
                 print(" | ".join(rows[-1]), flush=True)
     print(format_table(("dataset", "template", "recipe", "test mAP@0.5", "test mAP@[.5:.95]",

@@ -128,10 +128,12 @@ def find(task, data, template_dir):
         setup_logging()
     templates = find_templates(task, data, template_dir)
     if not data:
-        header = ("TASK", "ID", "NAME", "PARAMS (M)", "GFLOPS", "COCO BOX AP", "COCO MASK AP", "PATH")
+        header = ("TASK", "ID", "NAME", "PRETRAINED", "PARAMS (M)", "GFLOPS", "COCO BOX AP", "COCO MASK AP", "PATH")
         click.echo(format_table(header, [
-            (t["task"], t["id"], t["name"], *stats(t, "params_m", "gflops", "coco_box_ap", "coco_mask_ap"),
-             relative(t["path"])) for t in templates]))
+            (t["task"], t["id"], t["name"], pretrained_source(t),
+             *stats(t, "params_m", "gflops", "coco_box_ap", "coco_mask_ap"), relative(t["path"])) for t in templates]))
+        click.echo("\nPRETRAINED: offline = ImageNet weights installed with a package; download = torchvision's "
+                   "weights, fetched into TORCH_HOME (or copied there by hand on an air-gapped machine).")
         return
     header = ("RANK", "ID", "PARAMS (M)", "GFLOPS", "COCO AP", "INPUT", "SMALLEST CLASS AT INPUT")
     click.echo(format_table(header, [
@@ -140,6 +142,15 @@ def find(task, data, template_dir):
          t["fit"]["input_size"], f"{t['fit']['smallest_class']} {t['fit']['smallest_side']:.0f} px")
         for rank, t in enumerate(templates, 1)]))
     click.echo(f"\nTask {templates[0]['task']}. Rank 1 is the {templates[0]['fit']['reason']}.")
+
+
+def pretrained_source(template):
+    from otxlite.backbones import is_offline
+
+    spec = template["model"]
+    if spec.get("weights_backbone") and is_offline(spec["weights_backbone"]) and not spec.get("weights"):
+        return "offline"
+    return "download" if spec.get("weights") or spec.get("weights_backbone") else "-"
 
 
 def stats(template, *keys):

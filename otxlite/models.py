@@ -13,6 +13,7 @@ from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from otxlite import OtxliteError
 from otxlite.files import label_names
@@ -233,7 +234,10 @@ def pretrained_model(template, builder, kwargs, model, num_classes):
             set_submodule(pretrained, head_path, model.get_submodule(head_path))
         return pretrained
     if spec.get("weights_backbone"):
-        download_weights(spec["weights_backbone"])
+        from otxlite.backbones import is_offline
+
+        if not is_offline(spec["weights_backbone"]):  # offline ones come with a package: the builder loads them
+            download_weights(spec["weights_backbone"])
         return builder(weights=None, weights_backbone=spec["weights_backbone"], num_classes=num_classes + 1, **kwargs)
     raise OtxliteError(f"Template {template['id']} names no pretrained weights; pass --no-pretrained.")
 
@@ -357,3 +361,81 @@ def maskrcnn_mobilenet_v3_large_fpn(num_classes, weights=None, weights_backbone=
     """
     return mobilenet_v3_large_fpn_detector(MaskRCNN, weights, weights_backbone, trainable_backbone_layers,
                                            returned_layers, {"num_classes": num_classes, **kwargs})
+
+
+class FeaturePyramid(torch.nn.Module):
+    """A feature pyramid (torchvision's FeaturePyramidNetwork, with a max-pooled level on top) over a timm
+    features_only backbone: the backbone torchvision's detectors expect ({name: map}, out_channels). Its
+    convolutions are followed by GroupNorm, which works at any batch size: EfficientNet's features (linear
+    projections, standard deviation 3-8) made the heads' losses diverge without it."""
+
+    def __init__(self, body, out_channels):
+        super().__init__()
+        self.body, self.out_channels = body, out_channels
+        self.fpn = torchvision.ops.FeaturePyramidNetwork(
+            body.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool(),
+            norm_layer=lambda channels: torch.nn.GroupNorm(32, channels))
+
+    def forward(self, images):
+        return self.fpn({str(level): features for level, features in enumerate(self.body(images))})
+
+
+def efficientnet_lite_fpn(variant, weights_backbone, trainable_stages, out_channels):
+    """EfficientNet-Lite features at strides 8, 16 and 32 under a feature pyramid. With ImageNet weights
+    (weights_backbone, offline: otxlite.backbones), BatchNorm is frozen (batches of 2-8 images cannot estimate
+    it) and the stem and the stages before the last trainable_stages (of 7) keep their weights."""
+    from timm.layers import freeze_batch_norm_2d
+
+    from otxlite.backbones import efficientnet_lite, is_offline
+
+    if weights_backbone is not None and weights_backbone != variant:
+        raise OtxliteError(f"weights_backbone {weights_backbone} does not fit model.kwargs.variant {variant}: name "
+                           f"the same EfficientNet-Lite.")
+    if weights_backbone is not None and not is_offline(weights_backbone):
+        raise OtxliteError(f"weights_backbone {weights_backbone}: EfficientNet-Lite weights come with a package; "
+                           f"name one of otxlite.backbones.OFFLINE_WEIGHTS.")
+    body = efficientnet_lite(variant, pretrained=weights_backbone is not None)
+    if weights_backbone is not None:
+        body = freeze_batch_norm_2d(body)
+        trainable = 5 if trainable_stages is None else trainable_stages
+        if not 0 <= trainable <= len(body.blocks):
+            raise OtxliteError(f"model.kwargs.trainable_stages {trainable}: give 0 to {len(body.blocks)}.")
+        frozen = [body.conv_stem, body.bn1, *body.blocks[:len(body.blocks) - trainable]]
+        for parameter in (p for module in frozen for p in module.parameters()):
+            parameter.requires_grad_(False)
+    return FeaturePyramid(body, out_channels)
+
+
+def efficientnet_lite_fpn_detector(detector, num_classes, weights, weights_backbone, variant, trainable_stages,
+                                   fpn_channels, kwargs):
+    """detector (FasterRCNN or MaskRCNN) on efficientnet_lite_fpn features: one anchor size a level (32 to 256 px,
+    which train re-fits to the data), the backbone's own normalisation."""
+    if weights is not None:
+        raise OtxliteError(f"otxlite's {detector.__name__} on EfficientNet-Lite has no COCO weights; only "
+                           f"weights_backbone (ImageNet) can be pretrained.")
+    from otxlite.backbones import IMAGE_MEAN, IMAGE_STD
+
+    backbone = efficientnet_lite_fpn(variant, weights_backbone, trainable_stages, fpn_channels)
+    anchors = AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)
+    defaults = {"min_size": 416, "max_size": 704, "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD}
+    return detector(backbone, num_classes=num_classes, rpn_anchor_generator=anchors, **{**defaults, **kwargs})
+
+
+def fasterrcnn_efficientnet_lite_fpn(num_classes, weights=None, weights_backbone=None, variant="efficientnet_lite0",
+                                     trainable_stages=None, fpn_channels=128, **kwargs):
+    """Faster R-CNN on an EfficientNet-Lite feature pyramid, whose ImageNet weights work offline.
+
+    Templates reach it as 'otxlite.models:fasterrcnn_efficientnet_lite_fpn'.
+    """
+    return efficientnet_lite_fpn_detector(FasterRCNN, num_classes, weights, weights_backbone, variant,
+                                          trainable_stages, fpn_channels, kwargs)
+
+
+def maskrcnn_efficientnet_lite_fpn(num_classes, weights=None, weights_backbone=None, variant="efficientnet_lite0",
+                                   trainable_stages=None, fpn_channels=128, **kwargs):
+    """Mask R-CNN on an EfficientNet-Lite feature pyramid, whose ImageNet weights work offline.
+
+    Templates reach it as 'otxlite.models:maskrcnn_efficientnet_lite_fpn'.
+    """
+    return efficientnet_lite_fpn_detector(MaskRCNN, num_classes, weights, weights_backbone, variant,
+                                          trainable_stages, fpn_channels, kwargs)
