@@ -31,6 +31,14 @@ def is_offline(name):
     return name in OFFLINE_WEIGHTS
 
 
+def weights_source(template):
+    """Where a template's pretrained weights come from: offline (a package), download (torchvision), or -."""
+    spec = template["model"]
+    if is_offline(spec.get("weights_backbone")) and not spec.get("weights"):
+        return "offline"
+    return "download" if spec.get("weights") or spec.get("weights_backbone") else "-"
+
+
 def weights_file(name):
     """The path of an offline backbone's weights, from its installed package; one error naming the package."""
     package, module, getter = OFFLINE_WEIGHTS[name]

@@ -122,6 +122,7 @@ def cli(debug):
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template.yaml files.")
 def find(task, data, template_dir):
     """List the model templates, or rank them for a dataset."""
+    from otxlite.backbones import weights_source
     from otxlite.report import format_table
 
     if data:
@@ -130,7 +131,7 @@ def find(task, data, template_dir):
     if not data:
         header = ("TASK", "ID", "NAME", "PRETRAINED", "PARAMS (M)", "GFLOPS", "COCO BOX AP", "COCO MASK AP", "PATH")
         click.echo(format_table(header, [
-            (t["task"], t["id"], t["name"], pretrained_source(t),
+            (t["task"], t["id"], t["name"], weights_source(t),
              *stats(t, "params_m", "gflops", "coco_box_ap", "coco_mask_ap"), relative(t["path"])) for t in templates]))
         click.echo("\nPRETRAINED: offline = ImageNet weights installed with a package; download = torchvision's "
                    "weights, fetched into TORCH_HOME (or copied there by hand on an air-gapped machine).")
@@ -142,15 +143,6 @@ def find(task, data, template_dir):
          t["fit"]["input_size"], f"{t['fit']['smallest_class']} {t['fit']['smallest_side']:.0f} px")
         for rank, t in enumerate(templates, 1)]))
     click.echo(f"\nTask {templates[0]['task']}. Rank 1 is the {templates[0]['fit']['reason']}.")
-
-
-def pretrained_source(template):
-    from otxlite.backbones import is_offline
-
-    spec = template["model"]
-    if spec.get("weights_backbone") and is_offline(spec["weights_backbone"]) and not spec.get("weights"):
-        return "offline"
-    return "download" if spec.get("weights") or spec.get("weights_backbone") else "-"
 
 
 def stats(template, *keys):
