@@ -1,9 +1,10 @@
 """Templates chosen from the data, as OTX's `Engine(data_root=...)` does: the task from the annotations (instance
-shapes, i.e. polygons or masks, mean instance segmentation) and, for detection, the model from object sizes.
+shapes, i.e. polygons or masks, mean instance segmentation), and the model of that task.
 
-The rule: instance segmentation takes SEGMENTATION_TEMPLATE. Detection takes DETECTION_TEMPLATE unless a class's
-median object is under anchors.SMALL_OBJECT px at that template's input; then SMALL_OBJECT_TEMPLATE, whose
-feature pyramid reads stride 16 (the one that found BCCD's platelets from scratch).
+The rule: instance segmentation takes SEGMENTATION_TEMPLATE, detection DETECTION_TEMPLATE: both fine-tune ImageNet
+weights that install with a package, so they start pretrained offline, and read features from stride 8. The reason
+given names the smallest class's median object at the template's input; under anchors.SMALL_OBJECT px, train's
+tiling (auto) cuts the images into tiles.
 """
 
 import logging
@@ -12,14 +13,14 @@ from dataclasses import dataclass, replace
 import torch
 
 from otxlite import DataError
-from otxlite.anchors import SMALL_OBJECT, SMALL_OBJECT_TEMPLATE, boxes_at_input
+from otxlite.anchors import SMALL_OBJECT, boxes_at_input
 from otxlite.data import load_split, require_splits
 from otxlite.models import InputSize, build_model
 from otxlite.templates import find_templates
 
 log = logging.getLogger("otxlite")
-DETECTION_TEMPLATE = "fasterrcnn_mobilenet_v3_large_320_fpn"
-SEGMENTATION_TEMPLATE = "maskrcnn_mobilenet_v3_large_fpn"
+DETECTION_TEMPLATE = "fasterrcnn_efficientnet_lite0_fpn"
+SEGMENTATION_TEMPLATE = "maskrcnn_efficientnet_lite0_fpn"
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,11 @@ def chosen_for(samples, extra_dirs):
     templates = {t["id"]: t for t in find_templates(task, extra_dirs)}
     if task == "instance_segmentation":
         return templates[SEGMENTATION_TEMPLATE], "the annotations have instance shapes (polygons or masks), so " \
-            f"the task is instance segmentation, and {SEGMENTATION_TEMPLATE} is its fastest template"
+            f"the task is instance segmentation, and {SEGMENTATION_TEMPLATE} fine-tunes ImageNet weights offline"
     fit = template_fit(templates[DETECTION_TEMPLATE], samples)
-    if fit.small_objects:
-        return templates[SMALL_OBJECT_TEMPLATE], f"boxes only, so detection; {fit.reason}, so the template " \
-            f"whose features reach stride 16, which finds small objects"
-    return fit.template, f"boxes only, so detection; {fit.reason}, so that fast template"
+    then = "tiling (auto) will cut tiles" if fit.small_objects else "the whole image is read"
+    return fit.template, f"boxes only, so detection, and {DETECTION_TEMPLATE} fine-tunes ImageNet weights " \
+        f"offline; {fit.reason}, so {then}"
 
 
 def rank_templates(specs, extra_dirs=()):

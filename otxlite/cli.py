@@ -14,12 +14,12 @@ PARAMS_HELP = "Hyper-parameters can be overridden after the word params: `... pa
 EXAMPLES = {  # each command's --help ends with these (run from the repository root, after the quick start)
     "find": ["otxlite find --task detection",
              "otxlite find --data samples/bccd/data.yaml     # ranked for that data"],
-    "train": ["otxlite train --data samples/bccd/data.yaml --no-pretrained     # template chosen from the data",
-              "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/ssd "
-              "params --learning_parameters.num_iters 8"],
-    "tune": ["otxlite tune ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/tune --trials 12 "
-             "params --learning_parameters.num_iters 20",
-             "otxlite train ssdlite320_mobilenet_v3_large --data samples/bccd/data.yaml --output runs/tuned "
+    "train": ["otxlite train --data samples/bccd/data.yaml --output runs/auto     # template chosen from the data",
+              "otxlite train fasterrcnn_efficientnet_lite0_fpn --data samples/bccd/data.yaml --output runs/lite0 "
+              "params --learning_parameters.num_iters 6"],
+    "tune": ["otxlite tune fasterrcnn_efficientnet_lite0_fpn --data samples/bccd/data.yaml --output runs/tune "
+             "--trials 12 params --learning_parameters.num_iters 4",
+             "otxlite train fasterrcnn_efficientnet_lite0_fpn --data samples/bccd/data.yaml --output runs/tuned "
              "--params-file runs/tune/best_params.yaml"],
     "eval": ["otxlite eval --load-weights runs/quickstart/weights.pth --data samples/bccd/data.yaml "
              "--output runs/quickstart/eval"],

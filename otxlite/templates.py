@@ -179,6 +179,8 @@ class Template(Strict):
     hyper_parameters: HyperParameters
     hpo: dict[str, Dimension] = Field(default_factory=dict, description="`otxlite tune`'s search space: `params` "
                                                                         "names, each with its range or choices")
+    from_scratch: dict[str, Any] = Field(default_factory=dict, description="`params` that replace the fine-tuning "
+                                                                           "recipe when training from random weights")
     path: str | None = None
 
 
@@ -220,7 +222,9 @@ def load_template(path):
     if not isinstance(template, dict):
         raise TemplateError(f"{path}: a template must be a YAML mapping with keys {', '.join(Template.model_fields)}.")
     template["path"] = str(Path(path).resolve())
-    return validated(template, path)
+    checked = validated(template, path)
+    recipe(checked, from_scratch=True)  # a bad from_scratch value is an error now, not in a later run
+    return checked
 
 
 def find_templates(task=None, extra_dirs=()):
@@ -282,6 +286,20 @@ def apply_overrides(template, overrides):
         if Dimension.given(node[leaf]):
             raise TemplateError(f"params --{key} {text}: a search range is for `otxlite tune`; give one value.")
     return validated(template, template.get("path", template["id"]), overrides)
+
+
+def recipe(template, from_scratch):
+    """The recipe a run trains with: the template's own (made for its pretrained weights) or, from random weights,
+    that with its from_scratch params applied. The run's template holds the recipe it ran, without from_scratch,
+    so a resumed run or a later stage never applies it twice."""
+    changes = template.get("from_scratch") or {}
+    template = {key: value for key, value in template.items() if key != "from_scratch"}
+    if not from_scratch or not changes:
+        return template
+    try:
+        return apply_overrides(template, parse_overrides(flatten(changes)))
+    except TemplateError as err:
+        raise TemplateError(f"{template.get('path', template['id'])}: from_scratch: {err}") from None
 
 
 def read_params_file(path):

@@ -26,7 +26,7 @@ from otxlite.predictors import TorchPredictor, pick_device, predict
 from otxlite.report import plot_history
 from otxlite.visualize import draw_batch
 from otxlite.tasks import task_of
-from otxlite.templates import apply_overrides
+from otxlite.templates import apply_overrides, flatten, recipe
 
 log = logging.getLogger("otxlite")
 FEW_VAL_OBJECTS = 100  # below this, train warns that one epoch's val figure is noisy
@@ -53,7 +53,7 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
         load_weights = load_weights and Path(load_weights).absolute()
     arguments = (template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
     if engine == "ray" or devices > 1:
-        check_before_launch(template, overrides, devices, engine, resume, output)
+        check_before_launch(template, overrides, devices, engine, resume, output, not pretrained and not load_weights)
     if engine == "ray":
         distributed.launch_ray(train_process, arguments, devices, pick_device(device), ray_address, output)
     elif devices > 1:
@@ -63,11 +63,12 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     return output / "weights.pth"
 
 
-def check_before_launch(template, overrides, devices, engine, resume, output):
-    """The template with its overrides checked in this process, before any worker starts: a bad value is one error
-    here, not one in every worker."""
+def check_before_launch(template, overrides, devices, engine, resume, output, from_scratch):
+    """The template's recipe with its overrides checked in this process, before any worker starts: a bad value is
+    one error here, not one in every worker."""
     if resume:
         template = load_checkpoint(output / "checkpoints" / "last.pth")["template"]
+    template = recipe(template, from_scratch and not resume)
     params = apply_overrides(template, overrides or {})["hyper_parameters"]["learning_parameters"]
     if params["batch_size"] == "auto" and devices > 1:
         processes = f"--workers {devices}" if engine == "ray" else f"--devices {devices}"
@@ -90,6 +91,12 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     if state is not None:
         template = state["template"]
         log.info("Resuming %s from epoch %d of %s", template["id"], state["epoch"], last_path)
+    pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
+    from_scratch = state is None and not pretrained and not load_weights
+    if from_scratch and template.get("from_scratch"):
+        log.info("From random weights: %s trains with its from_scratch recipe (%s).", template["id"],
+                 ", ".join(f"{key} {value}" for key, value in flatten(template["from_scratch"]).items()))
+    template = recipe(template, from_scratch)
     reference_batch = template["hyper_parameters"]["learning_parameters"]["batch_size"]  # its learning rate's
     template = apply_overrides(template, overrides or {})
     params = template["hyper_parameters"]["learning_parameters"]
@@ -119,7 +126,6 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
                     "larger --val-split) make the choice surer.", val_objects, FEW_VAL_OBJECTS,
                     1 / math.sqrt(val_objects), window)
 
-    pretrained = state["pretrained"] if state is not None else pretrained and not load_weights
     if load_weights:
         template = with_anchors_of(template, load_weights)
     torch.manual_seed(seed)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from otxlite.backbones import weights_source
 from otxlite.cli import cli, main
 from otxlite.data import split_specs
 from otxlite.predictors import signal_stack_kept
@@ -77,13 +78,16 @@ def small_template(tmp_path):
 # Detection-level parity needs a model whose detections are few, confident and distinct: a barely trained one
 # returns 100 near-tied detections, and the detection cap cuts through the ties differently per backend.
 # So each fixture model is trained to fit a few images (epochs, learning rate, images, batch size).
+# Templates whose weights install offline start from them (the path their users take), the others from random.
 PARITY_TRAINING = {"fasterrcnn_mobilenet_v3_large_320_fpn": (40, 0.02, 4, 2),
-                   "ssdlite320_mobilenet_v3_large": (80, 0.1, 4, 2)}
+                   "ssdlite320_mobilenet_v3_large": (80, 0.1, 4, 2),
+                   "fasterrcnn_efficientnet_lite0_fpn": (20, 0.02, 4, 2)}
 
 
 @pytest.fixture(scope="session", params=list(PARITY_TRAINING))
 def exported(request, tmp_path_factory):
-    """A two-stage and a single-stage model fitted to four BCCD images, exported to every format."""
+    """Two two-stage models (one pretrained offline) and a single-stage one, each fitted to four BCCD images and
+    exported to every format."""
     epochs, learning_rate, images, batch_size = PARITY_TRAINING[request.param]
     root = tmp_path_factory.mktemp(request.param)
     copy_voc(sample_ids("train", images), root / "images", root / "images")
@@ -95,7 +99,8 @@ def exported(request, tmp_path_factory):
     weights = train(template, split_specs(data), root / "run", {"learning_parameters.num_iters": str(epochs),
                     "learning_parameters.learning_rate": str(learning_rate), "augmentation": "{}",
                     "anchors.fit": "true", "ema.enable": "false", "learning_parameters.adaptive_repeat": "false"},
-                    pretrained=False)  # fitting four images needs no augmentation nor averaging; anchors are fitted
+                    pretrained=weights_source(template) == "offline")  # fitting four images needs no
+    # augmentation nor averaging; anchors are fitted
     result = CliRunner().invoke(cli, ["export", "--load-weights", str(weights), "--output", str(root / "export")])
     assert result.exit_code == 0, result.output
     return weights, root / "export", data

@@ -11,7 +11,7 @@ from PIL import Image
 
 import otxlite as otx
 from otxlite import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
-from otxlite.autoconfig import DETECTION_TEMPLATE, SEGMENTATION_TEMPLATE, SMALL_OBJECT_TEMPLATE, choose_template
+from otxlite.autoconfig import DETECTION_TEMPLATE, SEGMENTATION_TEMPLATE, choose_template
 from otxlite.cli import EXAMPLES
 from otxlite.data import split_specs
 
@@ -130,14 +130,16 @@ def engine_on(root):
 # ---------------------------------------------------------------- auto-configuration
 
 
-def large_object_data(folder):
-    """Two 320x240 images, each with one 120x100 box: objects large at any template's input."""
+def large_object_data(folder, box=(60, 50, 120, 100)):
+    """Two 320x240 images, each with one box (x, y, width, height): 120x100, objects large at any template's
+    input."""
+    folder.mkdir(parents=True, exist_ok=True)
     images = []
     for i in range(2):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (240, 320, 3), np.uint8)).save(folder / f"{i}.jpg")
         images.append({"id": i + 1, "file_name": f"{i}.jpg", "width": 320, "height": 240})
     write_coco(folder / "train.json", images, [{"id": 1, "name": "part"}],
-               [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [60, 50, 120, 100], "area": 12000,
+               [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": list(box), "area": box[2] * box[3],
                  "iscrowd": 0} for i in range(2)])
     (folder / "data.yaml").write_text("data:\n  train: {ann-files: train.json, data-roots: .}\n"
                                       "  val: {ann-files: train.json, data-roots: .}\n")
@@ -145,10 +147,12 @@ def large_object_data(folder):
 
 
 def test_auto_configuration_picks_the_task_from_the_annotations_and_the_model_from_object_sizes(tmp_path):
-    small, why = choose_template(split_specs(SAMPLE / "data.yaml"))
-    assert small["id"] == SMALL_OBJECT_TEMPLATE and "Platelets" in why and "under 32 px" in why
-    large, why = choose_template(split_specs(large_object_data(tmp_path)))
-    assert large["id"] == DETECTION_TEMPLATE and "at least 32 px" in why
+    bccd, why = choose_template(split_specs(SAMPLE / "data.yaml"))
+    assert bccd["id"] == DETECTION_TEMPLATE and "fine-tunes ImageNet weights offline; Platelets' median" in why
+    large, why = choose_template(split_specs(large_object_data(tmp_path / "large")))
+    assert large["id"] == DETECTION_TEMPLATE and "at least 32 px, so the whole image is read" in why
+    small, why = choose_template(split_specs(large_object_data(tmp_path / "small", box=(60, 50, 12, 10))))
+    assert small["id"] == DETECTION_TEMPLATE and "under 32 px, so tiling (auto) will cut tiles" in why
     masks, why = choose_template(split_specs(ROOT / "samples" / "coco-seg-mini" / "data.yaml"))
     assert masks["id"] == SEGMENTATION_TEMPLATE and "instance segmentation" in why
 
@@ -159,7 +163,8 @@ def test_train_without_a_template_says_which_it_chose_and_why(tmp_path, otxlite)
     status, _, err = otxlite("train", "--data", data, "--no-pretrained", "--output", tmp_path / "run",
                              "params", "--learning_parameters.num_iters", "1", "--learning_parameters.batch_size", "2")
     assert status == 0, err
-    assert f"No template given: chose {DETECTION_TEMPLATE} (boxes only, so detection; part' median object" in err
+    assert f"No template given: chose {DETECTION_TEMPLATE} (boxes only, so detection, and {DETECTION_TEMPLATE} " \
+           f"fine-tunes ImageNet weights offline; part' median object" in err
     weights = __import__("torch").load(tmp_path / "run" / "weights.pth", weights_only=True)
     assert weights["template"]["id"] == DETECTION_TEMPLATE
 
@@ -168,7 +173,7 @@ def test_find_with_data_ranks_the_auto_choice_first(otxlite):
     status, out, err = otxlite("find", "--data", SAMPLE / "data.yaml")
     assert status == 0, err
     rows = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| ") and "RANK" not in line]
-    assert rows[0] == SMALL_OBJECT_TEMPLATE and len(rows) == len(otx.find("detection"))
+    assert rows[0] == DETECTION_TEMPLATE and len(rows) == len(otx.find("detection"))
     assert "Rank 1 is the auto choice" in out
     status, out, err = otxlite("find", "--data", SAMPLE / "data.yaml", "--task", "instance_segmentation")
     assert status == 2 and "a detection dataset" in err

@@ -13,7 +13,7 @@ from conftest import ROOT
 from otxlite import OtxliteError
 from otxlite.backbones import OFFLINE_WEIGHTS, efficientnet_lite, mapped, weights_file
 from otxlite.models import build_model
-from otxlite.templates import resolve_template
+from otxlite.templates import recipe, resolve_template
 
 # CC BY 2.0, bundled with its source in samples/coco-seg-mini (SOURCES.csv): the Washington Square Arch
 PHOTO = ROOT / "samples" / "coco-seg-mini" / "images" / "train" / "000000000257.jpg"
@@ -120,3 +120,28 @@ def test_the_offline_mask_rcnn_takes_a_training_step_and_predicts_masks():
     with torch.no_grad():
         found = model.eval()([torch.rand(3, 200, 300)])[0]
     assert found["masks"].shape[1:] == (1, 200, 300)
+
+
+def test_training_from_random_weights_takes_the_templates_from_scratch_recipe(tmp_path, tiny_voc, small_template,
+                                                                             otxlite):
+    template = resolve_template("fasterrcnn_efficientnet_lite0_fpn")
+    scratch = recipe(template, from_scratch=True)["hyper_parameters"]["learning_parameters"]
+    assert (scratch["learning_rate"], scratch["num_iters"], scratch["lr_scheduler"]) == (0.01, 26, "multistep")
+    assert recipe(template, from_scratch=False)["hyper_parameters"] == template["hyper_parameters"]
+    status, _, err = otxlite("train", small_template("fasterrcnn_efficientnet_lite0_fpn"), "--data", tiny_voc,
+                             "--no-pretrained", "--output", tmp_path / "run", "params",
+                             "--learning_parameters.num_iters", "1")  # the user's params win over the recipe's
+    assert status == 0, err
+    recipe_line = next(line for line in err.splitlines() if "trains with its from_scratch recipe (" in line)
+    assert "learning_parameters.learning_rate 0.01" in recipe_line and "learning_parameters.num_iters 26" in recipe_line
+    ran = torch.load(tmp_path / "run" / "weights.pth", weights_only=True)["template"]
+    assert ran["hyper_parameters"]["learning_parameters"]["learning_rate"] == 0.01
+    assert ran["hyper_parameters"]["learning_parameters"]["num_iters"] == 1 and not ran["from_scratch"]
+
+
+def test_a_bad_from_scratch_value_is_an_error_when_the_template_is_read(tmp_path, small_template, otxlite):
+    path = small_template("fasterrcnn_efficientnet_lite0_fpn")
+    path.write_text(path.read_text().replace("learning_parameters.num_iters: 26", "learning_parameters.num_iter: 26"))
+    status, _, err = otxlite("find", "--template-dir", path.parent.parent)
+    assert status == 2
+    assert f"{path}: from_scratch: Unknown hyper-parameter 'learning_parameters.num_iter'" in err
