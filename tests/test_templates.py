@@ -17,7 +17,7 @@ TORCHVISION_TEMPLATES = {
 def test_every_torchvision_detector_has_a_template_plus_otxlites_own():
     ids = {t["id"] for t in find_templates("detection")}
     assert ids == TORCHVISION_TEMPLATES | {"custom_fasterrcnn_mobilenet_v2", "fasterrcnn_mobilenet_v3_large_stride16_fpn",
-                                           "fasterrcnn_efficientnet_lite0_fpn"}
+                                           "fasterrcnn_efficientnet_lite0_fpn", "fasterrcnn_efficientnet_lite0_320_fpn"}
 
 
 @pytest.mark.parametrize("template_id", sorted(TORCHVISION_TEMPLATES))
@@ -36,7 +36,7 @@ def test_find_prints_a_row_per_template_and_filters_by_task():
     assert result.exit_code == 0, result.output
     assert "TASK" in result.output and "GFLOPS" in result.output and "COCO BOX AP" in result.output
     rows = [line for line in result.output.splitlines() if line.startswith("| detection")]
-    assert len(rows) == 11
+    assert len(rows) == 12
     assert any("fasterrcnn_mobilenet_v3_large_320_fpn" in r and "| download " in r and "22.8" in r for r in rows)
     assert any("fasterrcnn_efficientnet_lite0_fpn" in r and "| offline " in r for r in rows)  # weights from a package
     assert any("custom_fasterrcnn_mobilenet_v2" in r and "| download " in r for r in rows)
