@@ -16,7 +16,7 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
              "otxlite find --data samples/bccd/data.yaml     # ranked for that data"],
     "train": ["otxlite train --data samples/bccd/data.yaml --output runs/auto     # template chosen from the data",
               "otxlite train fasterrcnn_efficientnet_lite0_320_fpn --data samples/bccd/data.yaml --output runs/fast "
-              "params --learning_parameters.num_iters 6     # the fast CPU template, 6 epochs instead of its 4"],
+              "params --learning_parameters.num_iters 6     # the fast CPU template, 6 epochs instead of its 5"],
     "tune": ["otxlite tune fasterrcnn_efficientnet_lite0_320_fpn --data samples/bccd/data.yaml --output runs/tune "
              "--trials 12",
              "otxlite train fasterrcnn_efficientnet_lite0_320_fpn --data samples/bccd/data.yaml --output runs/tuned "
@@ -189,8 +189,9 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
 
     Without TEMPLATE, one is chosen from the data (see `otxlite find --data`): instance segmentation when the
     annotations have polygons or masks, else detection; the EfficientNet-Lite0 template of the task, whose ImageNet
-    weights work offline, with tiling (auto) when a class's objects are small at its input. With --resume, the run's own template is used. Under `torchrun --nproc-per-node N -m
-    otxlite train ...` each process joins torchrun's process group (leave --devices at 1).
+    weights work offline, with tiling (auto) when a class's objects are small at its input. With --resume, the
+    run's own template is used. Under `torchrun --nproc-per-node N -m otxlite train ...` each process joins
+    torchrun's process group (leave --devices at 1).
     """
     setup_logging()
     if batch_size is not None:
