@@ -97,7 +97,8 @@ DATASETS = {"bccd-100": lambda folder: bccd_subset(folder, "bccd-100"),
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS)[:3], choices=list(DATASETS))
-    parser.add_argument("--templates", nargs="+", default=["ssdlite320_mobilenet_v3_large"])
+    parser.add_argument("--templates", nargs="+", default=["ssdlite320_mobilenet_v3_large"],
+                        help="template ids or template files")
     parser.add_argument("--recipes", nargs="+", default=["flip", "default", "default-ema"], choices=list(RECIPES))
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="train's seed (initialisation, batch order, augmentation)")
@@ -110,14 +111,15 @@ def main():
     rows = []
     for dataset in args.datasets:
         specs = DATASETS[dataset](args.output / "data")
-        for template_id in args.templates:
+        for template in map(resolve_template, args.templates):
+            template_id = template["id"]
             for recipe in args.recipes:
                 output = args.output / dataset / template_id / " ".join(
                     [recipe, *args.params, f"seed={args.seed}", *(["pretrained"] if args.pretrained else [])])
                 overrides = {**RECIPES[recipe], "learning_parameters.num_iters": str(args.epochs),
                              **dict(item.split("=", 1) for item in args.params)}
                 started = time.perf_counter()
-                weights = train(resolve_template(template_id), {"train": specs["train"]}, output, overrides,
+                weights = train(template, {"train": specs["train"]}, output, overrides,
                                 pretrained=args.pretrained, val_split=0.2, seed=args.seed)
                 minutes = (time.perf_counter() - started) / 60
                 kept = load_checkpoint(output / "checkpoints" / "last.pth")["best_metric"]

@@ -4,13 +4,15 @@ import difflib
 import inspect
 import importlib
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.onnx.operators
 import torchvision
-from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.backbone_utils import _mobilenet_extractor
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -408,34 +410,50 @@ def efficientnet_lite_fpn(variant, weights_backbone, trainable_stages, out_chann
 
 def efficientnet_lite_fpn_detector(detector, num_classes, weights, weights_backbone, variant, trainable_stages,
                                    fpn_channels, kwargs):
-    """detector (FasterRCNN or MaskRCNN) on efficientnet_lite_fpn features: one anchor size a level (32 to 256 px,
-    which train re-fits to the data), the backbone's own normalisation."""
+    """detector (FasterRCNN, MaskRCNN, RetinaNet or FCOS) on efficientnet_lite_fpn features, with the anchors and
+    head pyramid_heads gives it, and the backbone's own normalisation."""
     if weights is not None:
         raise OtxliteError(f"otxlite's {detector.__name__} on EfficientNet-Lite has no COCO weights; only "
                            f"weights_backbone (ImageNet) can be pretrained.")
     from otxlite.backbones import IMAGE_MEAN, IMAGE_STD
 
     backbone = efficientnet_lite_fpn(variant, weights_backbone, trainable_stages, fpn_channels)
-    anchors = AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)
     defaults = {"min_size": 416, "max_size": 704, "image_mean": IMAGE_MEAN, "image_std": IMAGE_STD}
-    return detector(backbone, num_classes=num_classes, rpn_anchor_generator=anchors, **{**defaults, **kwargs})
+    return detector(backbone, num_classes=num_classes, **pyramid_heads(detector, fpn_channels, num_classes),
+                    **{**defaults, **kwargs})
 
 
-def fasterrcnn_efficientnet_lite_fpn(num_classes, weights=None, weights_backbone=None, variant="efficientnet_lite0",
-                                     trainable_stages=None, fpn_channels=128, **kwargs):
-    """Faster R-CNN on an EfficientNet-Lite feature pyramid, whose ImageNet weights work offline.
+def pyramid_heads(detector, channels, num_classes):
+    """The anchors (and head) each family wants on a four-level pyramid (strides 8 to 64), which train re-fits to
+    the data where there are anchors: two-stage, one size a level (32 to 256 px); RetinaNet, torchvision's three
+    octave scales a level with its v2 head (GroupNorm, GIoU loss); FCOS, one point a location (the stride)."""
+    if detector is FCOS:
+        return {"anchor_generator": AnchorGenerator(((8,), (16,), (32,), (64,)), ((1.0,),) * 4)}
+    if detector is RetinaNet:
+        sizes = tuple((size, int(size * 2 ** (1 / 3)), int(size * 2 ** (2 / 3))) for size in (32, 64, 128, 256))
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 4)
+        head = RetinaNetHead(channels, anchors.num_anchors_per_location()[0], num_classes,
+                             norm_layer=partial(torch.nn.GroupNorm, 32))
+        head.regression_head._loss_type = "giou"
+        return {"anchor_generator": anchors, "head": head}
+    return {"rpn_anchor_generator": AnchorGenerator(((32,), (64,), (128,), (256,)), ((0.5, 1.0, 2.0),) * 4)}
 
-    Templates reach it as 'otxlite.models:fasterrcnn_efficientnet_lite_fpn'.
-    """
-    return efficientnet_lite_fpn_detector(FasterRCNN, num_classes, weights, weights_backbone, variant,
-                                          trainable_stages, fpn_channels, kwargs)
+
+def efficientnet_lite_fpn_builder(detector):
+    """A template builder of detector on an EfficientNet-Lite feature pyramid, whose ImageNet weights work offline."""
+
+    def build(num_classes, weights=None, weights_backbone=None, variant="efficientnet_lite0", trainable_stages=None,
+              fpn_channels=128, **kwargs):
+        return efficientnet_lite_fpn_detector(detector, num_classes, weights, weights_backbone, variant,
+                                              trainable_stages, fpn_channels, kwargs)
+
+    build.__name__ = build.__qualname__ = f"{detector.__name__.lower()}_efficientnet_lite_fpn"
+    build.__doc__ = (f"{detector.__name__} on an EfficientNet-Lite feature pyramid, whose ImageNet weights work "
+                     f"offline. Templates reach it as 'otxlite.models:{build.__name__}'.")
+    return build
 
 
-def maskrcnn_efficientnet_lite_fpn(num_classes, weights=None, weights_backbone=None, variant="efficientnet_lite0",
-                                   trainable_stages=None, fpn_channels=128, **kwargs):
-    """Mask R-CNN on an EfficientNet-Lite feature pyramid, whose ImageNet weights work offline.
-
-    Templates reach it as 'otxlite.models:maskrcnn_efficientnet_lite_fpn'.
-    """
-    return efficientnet_lite_fpn_detector(MaskRCNN, num_classes, weights, weights_backbone, variant,
-                                          trainable_stages, fpn_channels, kwargs)
+fasterrcnn_efficientnet_lite_fpn = efficientnet_lite_fpn_builder(FasterRCNN)
+maskrcnn_efficientnet_lite_fpn = efficientnet_lite_fpn_builder(MaskRCNN)
+retinanet_efficientnet_lite_fpn = efficientnet_lite_fpn_builder(RetinaNet)
+fcos_efficientnet_lite_fpn = efficientnet_lite_fpn_builder(FCOS)

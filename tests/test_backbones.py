@@ -122,6 +122,27 @@ def test_the_offline_mask_rcnn_takes_a_training_step_and_predicts_masks():
     assert found["masks"].shape[1:] == (1, 200, 300)
 
 
+@pytest.mark.parametrize("family", ["retinanet", "fcos"])
+def test_the_single_stage_families_train_on_the_offline_pyramid(family):
+    """RetinaNet and FCOS on the same EfficientNet-Lite0 pyramid as the R-CNN templates: a training step on the
+    ImageNet weights with the stem frozen, GroupNorm heads, and detections in eval mode."""
+    template = resolve_template(TEMPLATE)
+    template["model"]["architecture"] = f"otxlite.models:{family}_efficientnet_lite_fpn"
+    template["model"]["kwargs"] = {"variant": "efficientnet_lite0", "min_size": 320, "max_size": 544}
+    model = build_model(template, 2, pretrained=True)
+    assert model.anchor_generator.num_anchors_per_location() == [9 if family == "retinanet" else 1] * 4
+    assert any(isinstance(module, torch.nn.GroupNorm) for module in model.head.classification_head.modules())
+    target = {"boxes": torch.tensor([[80.0, 50.0, 200.0, 120.0]]), "labels": torch.tensor([1])}
+    losses = model([torch.rand(3, 200, 300)], [target])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(loss) for loss in losses.values())
+    assert model.backbone.body.conv_stem.weight.grad is None
+    assert model.backbone.body.blocks[-1][0].conv_pw.weight.grad is not None
+    with torch.no_grad():
+        found = model.eval()([torch.rand(3, 200, 300)])[0]
+    assert set(found) == {"boxes", "scores", "labels"}
+
+
 def test_training_from_random_weights_takes_the_templates_from_scratch_recipe(tmp_path, tiny_voc, small_template,
                                                                              otxlite):
     template = resolve_template("fasterrcnn_efficientnet_lite0_fpn")

@@ -31,6 +31,18 @@ def test_template_stats_match_torchvision_weight_metadata(template_id):
     assert template["model"]["architecture"] == template_id
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "templates").glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_benchmarks_candidate_templates_stay_valid_and_build(path):
+    """The candidates benchmarks/recipes.py compares with the shipped templates (not listed by find)."""
+    from otxlite.models import build_model
+
+    template = resolve_template(str(path))
+    assert template["id"] == path.stem
+    assert template["id"] not in {t["id"] for t in find_templates()}
+    model = build_model(template, 90)
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(template["stats"]["params_m"], abs=0.01)
+
+
 def test_find_prints_a_row_per_template_and_filters_by_task():
     result = CliRunner().invoke(cli, ["find", "--task", "detection"])
     assert result.exit_code == 0, result.output
