@@ -15,12 +15,12 @@ import argparse
 import time
 from pathlib import Path
 
-from otxlite.data import read_data_yaml
-from otxlite.evaluate import evaluate
-from otxlite.files import load_checkpoint
-from otxlite.report import format_table
-from otxlite.templates import resolve_template
-from otxlite.train import train
+from otxlite.core.files import load_checkpoint
+from otxlite.core.report import format_table
+from otxlite.data.specs import read_data_yaml
+from otxlite.engine.evaluate import evaluate
+from otxlite.engine.train import train
+from otxlite.models.templates import resolve_template
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 BCCD = SHARED / "bccd" / "BCCD"
@@ -62,7 +62,7 @@ FLIP = "RandomHorizontalFlip: {p: 0.5}"
 PHOTOMETRIC = "RandomPhotometricDistort: {p: 0.5}"
 MOSAIC = "Mosaic: {p: 0.5}"
 SCALE_CROP = "RandomZoomOut: {fill: [124, 116, 104], side_range: [1.0, 2.0], p: 0.5}, RandomIoUCrop: {}"
-FASTERRCNN_480 = {"model.architecture": "otxlite.models:fasterrcnn_mobilenet_v3_large_fpn",
+FASTERRCNN_480 = {"model.architecture": "otxlite.models.build:fasterrcnn_mobilenet_v3_large_fpn",
                   "model.kwargs.min_size": "480", "model.kwargs.max_size": "640",
                   "learning_parameters.num_iters": "10", "learning_parameters.lr_steps": "[7, 9]",
                   "learning_parameters.enable_early_stopping": "false"}

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from otxlite.formats.base import decode_image, images_in
-from otxlite.predictors import load_predictor
+from otxlite.data.formats.base import decode_image, images_in
+from otxlite.inference.backends import load_predictor
 
 
 def images_per_second(predictor, images, batch_size, repeats):

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-
-from otxlite.data import load_splits, read_data_yaml
 from qat import write_bccd_yaml  # benchmarks/qat.py, beside this script
+
+from otxlite.data.records import load_splits
+from otxlite.data.specs import read_data_yaml
 
 POINTS = 32
 

@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 
-from otxlite.data import Sample, label_schema
-from otxlite.evaluate import coco_map
-from otxlite.metrics import detection_metrics
+from otxlite.core.labels import LabelSchema
+from otxlite.core.metrics import detection_metrics
+from otxlite.data.formats import Sample
+from otxlite.engine.evaluate import coco_map
 
 
 def synthetic(images, detections, classes, seed=0):
@@ -48,7 +49,7 @@ def main():
     samples = [Sample(None, "", [list(b) for b in g["boxes"]], [names[i - 1] for i in g["labels"]], 640, 640)
                for g in ground_truths]
     started = time.perf_counter()
-    reference = coco_map(samples, predictions, label_schema(names))
+    reference = coco_map(samples, predictions, LabelSchema.of_classes(names))
     cocoeval = time.perf_counter() - started
 
     print(f"{args.images} images x {args.detections} detections, {args.classes} classes")

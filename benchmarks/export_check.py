@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from otxlite.data import split_specs
-from otxlite.evaluate import evaluate
-from otxlite.export import export
-from otxlite.predictors import load_predictor, unmatched_detections
-from otxlite.templates import find_templates
-from otxlite.train import train
+from otxlite.data.specs import split_specs
+from otxlite.engine.evaluate import evaluate
+from otxlite.engine.train import train
+from otxlite.export.exporter import export
+from otxlite.inference.backends import load_predictor, unmatched_detections
+from otxlite.models.templates import find_templates
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "bccd-mini"
 SIZES = (None, (300, 500), (500, 300))

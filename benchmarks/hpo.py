@@ -22,13 +22,14 @@ import csv
 import time
 from pathlib import Path
 
-from otxlite.data import read_data_yaml
-from otxlite.evaluate import evaluate
-from otxlite.files import load_checkpoint
-from otxlite.report import format_table
-from otxlite.templates import read_params_file, resolve_template
-from otxlite.train import train
-from otxlite.tune import tune
+from otxlite.core.files import load_checkpoint
+from otxlite.core.ray_cluster import ray_switch
+from otxlite.core.report import format_table
+from otxlite.data.specs import read_data_yaml
+from otxlite.engine.evaluate import evaluate
+from otxlite.engine.train import train
+from otxlite.engine.tune import tune
+from otxlite.models.templates import read_params_file, resolve_template
 
 BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
 
@@ -57,7 +58,7 @@ def main():
     started = time.perf_counter()
     search = args.output / "search"
     weights = tune(template, specs, search, {"learning_parameters.num_iters": str(args.epochs)},
-                   trials=args.trials, pruner=args.pruner, engine=args.engine, pretrained=False,
+                   trials=args.trials, pruner=args.pruner, ray=ray_switch(args.engine, "tune"), pretrained=False,
                    val_split=args.val_split)
     with open(search / "trials.csv") as file:
         epochs = sum(int(row["epochs"] or 0) for row in csv.DictReader(file))

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from otxlite.data import label_schema, split_specs
-from otxlite.export import export, input_size
-from otxlite.files import save_checkpoint, write_label_schema
-from otxlite.models import build_model
-from otxlite.optimize import optimize
-from otxlite.predictors import OpenVinoPredictor, latency_ms, load_predictor
-from otxlite.templates import find_templates
-from otxlite.train import weights_checkpoint
+from otxlite.core.files import save_checkpoint
+from otxlite.core.labels import LabelSchema
+from otxlite.data.specs import split_specs
+from otxlite.engine.loop import checkpoint_of
+from otxlite.export.exporter import export, input_size
+from otxlite.export.optimize import optimize
+from otxlite.inference.backends import OpenVinoPredictor, latency_ms, load_predictor
+from otxlite.models.build import build_model
+from otxlite.models.templates import find_templates
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "bccd-mini"
@@ -44,11 +45,12 @@ COLUMNS = {  # name: (model file in the export or optimize folder, predictor)
 
 def random_weights(template, folder):
     """A weights.pth (+ label_schema.json) of the template with random weights for BCCD's classes."""
-    schema = label_schema(["RBC", "WBC", "Platelets"])
+    schema = LabelSchema.of_classes(["RBC", "WBC", "Platelets"])
     model = build_model(template, len(schema["labels"]), pretrained=False)
     folder.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(folder / "weights.pth", weights_checkpoint(model, template, schema, {}, 0))
-    write_label_schema(folder, schema)
+    save_checkpoint(folder / "weights.pth", checkpoint_of(model, template, schema, 0, metrics={},
+                    confidence_threshold=template["hyper_parameters"]["postprocessing"]["confidence_threshold"]))
+    LabelSchema.of(schema).write(folder)
     return folder / "weights.pth", model.transform
 
 

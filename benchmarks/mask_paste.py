@@ -21,11 +21,11 @@ import openvino
 from pycocotools import mask as coco_mask
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from otxlite.deploy_runner import paste_mask
-from otxlite.export import export
-from otxlite.formats.base import decode_image
-from otxlite.predictors import exported_input, load_predictor
-from otxlite.tasks import as_detections
+from otxlite.core.tasks import as_detections
+from otxlite.data.formats.base import decode_image
+from otxlite.export.deploy_runner import paste_mask
+from otxlite.export.exporter import export
+from otxlite.inference.backends import exported_input, load_predictor
 
 
 def median_ms(call, runs):
@@ -47,7 +47,7 @@ def main():
     args = parser.parse_args()
 
     per_box = export(args.weights, args.output / "per-box", formats=("openvino",))[0]
-    with mock.patch("otxlite.export.masks_per_box", paste_masks_in_image):  # torchvision's paste, traced
+    with mock.patch("otxlite.export.exporter.masks_per_box", paste_masks_in_image):  # torchvision's paste, traced
         in_graph = export(args.weights, args.output / "in-graph", formats=("openvino",))[0]
     predictor = load_predictor(per_box, "cpu")
     core = openvino.Core()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import openvino
 
-from otxlite.formats.base import decode_image
-from otxlite.predictors import exported_input
+from otxlite.data.formats.base import decode_image
+from otxlite.inference.backends import exported_input
 
 IMAGE = Path(__file__).resolve().parent.parent / "samples" / "bccd-mini" / "JPEGImages" / "BloodImage_00007.jpg"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from otxlite.inference import detect_images, image_files
-from otxlite.predictors import load_predictor
-from otxlite.report import format_table
+from otxlite.core.report import format_table
+from otxlite.inference.images import detect_images, image_files
+from otxlite.inference.backends import load_predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 BCCD = ROOT.parent / "shared" / "datasets" / "bccd" / "BCCD"

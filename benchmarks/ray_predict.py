@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from otxlite.inference import image_files
-from otxlite.report import format_table
+from otxlite.core.report import format_table
+from otxlite.inference.images import image_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,12 +29,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from otxlite.api import AUGMENTATION
-from otxlite.data import read_data_yaml
-from otxlite.evaluate import evaluate
-from otxlite.files import load_checkpoint
-from otxlite.report import format_table
-from otxlite.templates import resolve_template
-from otxlite.train import train
+from otxlite.core.files import load_checkpoint
+from otxlite.core.report import format_table
+from otxlite.data.specs import read_data_yaml
+from otxlite.engine.evaluate import evaluate
+from otxlite.engine.train import train
+from otxlite.models.templates import resolve_template
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 BCCD = SHARED / "bccd" / "BCCD"

@@ -28,8 +28,9 @@ import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
 
-from otxlite.data import load_splits, read_data_yaml
-from otxlite.formats.shapes import instance_masks
+from otxlite.data.formats.shapes import instance_masks
+from otxlite.data.records import load_splits
+from otxlite.data.specs import read_data_yaml
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "coco-seg" / "data.yaml"
 

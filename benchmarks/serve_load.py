@@ -24,11 +24,11 @@ from pathlib import Path
 
 import psutil
 import requests
-
-from otxlite.distributed import free_port
-from otxlite.inference import image_files
-from otxlite.report import format_table
 from predict_speed import batched, default_images
+
+from otxlite.core.report import format_table
+from otxlite.engine.distributed import free_port
+from otxlite.inference.images import image_files
 
 
 class Server:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from otxlite.data import read_data_yaml
-from otxlite.evaluate import evaluate
-from otxlite.formats.base import decode_image
-from otxlite.predictors import latency_ms, load_predictor
-from otxlite.report import format_table
-from otxlite.templates import resolve_template
-from otxlite.train import train
+from otxlite.core.report import format_table
+from otxlite.data.formats.base import decode_image
+from otxlite.data.specs import read_data_yaml
+from otxlite.engine.evaluate import evaluate
+from otxlite.engine.train import train
+from otxlite.inference.backends import latency_ms, load_predictor
+from otxlite.models.templates import resolve_template
 
 BCCD = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "bccd" / "BCCD"
 

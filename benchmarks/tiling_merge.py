@@ -23,13 +23,14 @@ from sahi.postprocess.combine import GreedyNMMPostprocess
 from sahi.prediction import ObjectPrediction
 from torchvision.ops import batched_nms
 
-from otxlite.data import load_split, read_data_yaml
-from otxlite.evaluate import score
-from otxlite.files import label_names
-from otxlite.formats.base import decode_image
-from otxlite.predictors import load_predictor
-from otxlite.report import format_table
-from otxlite.tiling import merged, windows
+from otxlite.core.labels import LabelSchema, label_names
+from otxlite.core.report import format_table
+from otxlite.data.formats.base import decode_image
+from otxlite.data.records import load_split
+from otxlite.data.specs import read_data_yaml
+from otxlite.engine.evaluate import score
+from otxlite.inference.backends import load_predictor
+from otxlite.models.tiling import merged, windows
 
 
 def shifted_parts(parts, windows_of_parts):
@@ -78,7 +79,7 @@ def main():
         parts = [{key: part[key][part["scores"] >= args.min_score] for key in ("boxes", "scores", "labels")}
                  for part in predictor([image] + [image[y0:y1, x0:x1] for x0, y0, x1, y1 in tiles])]
         cached.append((parts, [(0, 0, width, height)] + tiles, (height, width)))
-    names = {label["id"]: label["name"] for label in predictor.schema["labels"]}
+    names = LabelSchema.of(predictor.schema).name_of
     rows = []
     for name, merge in (("otxlite (inner-edge rule + NMS)", merged), ("NMS only", nms_only),
                         ("SAHI greedy NMM, IOS 0.5", sahi_merge("IOS")), ("SAHI greedy NMM, IoU 0.5", sahi_merge("IOU"))):

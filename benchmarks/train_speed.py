@@ -5,7 +5,7 @@ Usage: python benchmarks/train_speed.py [--templates ID ...] [--images 64] [--ep
 
 Each variant runs in a child process of its own, so its peak memory is its own: the largest resident set of
 the child (or of a DataLoader worker it waited for), from the kernel's accounting (wait4's ru_maxrss).
-- otxlite: otxlite.train.train on the first --images BCCD train images (val: 8 BCCD val images), random init,
+- otxlite: otxlite.engine.train.train on the first --images BCCD train images (val: 8 BCCD val images), random init,
   twice: with flips only (the plain loop's augmentation), and with the template's own augmentation recipe
   (decoded and augmented in the DataLoader workers). images/s = training images / training seconds, as
   otxlite logs them per epoch (its validation, checkpoint and plot writing excluded); "wall" is the whole
@@ -109,8 +109,9 @@ def plain_loop(template, ids, epochs, device):
 
 
 def otxlite_run(template, ids, epochs, device, folder, augmentation, devices=1, engine="local"):
-    from otxlite.data import SplitSpec
-    from otxlite.train import train
+    from otxlite.core.ray_cluster import ray_switch
+    from otxlite.data.specs import SplitSpec
+    from otxlite.engine.train import train
 
     train_list, val_list = folder / "train.txt", folder / "val.txt"
     train_list.write_text("\n".join(ids) + "\n")
@@ -123,8 +124,9 @@ def otxlite_run(template, ids, epochs, device, folder, augmentation, devices=1, 
     overrides = {"learning_parameters.num_iters": str(epochs), "learning_parameters.adaptive_repeat": "false"}
     if augmentation == "flip":
         overrides["augmentation"] = "{RandomHorizontalFlip: {p: 0.5}}"
-    train(template, specs, folder / "run", overrides, pretrained=False, device=device.type, devices=devices,
-          engine=engine)
+    train(template, specs, folder / "run", overrides, pretrained=False, device=device.type,
+          devices=1 if engine == "ray" else devices,
+          ray=ray_switch(engine, "train", workers=devices if engine == "ray" else None))
     wall = time.perf_counter() - started
     with open(folder / "run" / "logs" / "metrics.csv") as file:
         rows = list(csv.DictReader(file))
@@ -136,7 +138,7 @@ def otxlite_run(template, ids, epochs, device, folder, augmentation, devices=1, 
 
 
 def child(args):
-    from otxlite.templates import resolve_template
+    from otxlite.models.templates import resolve_template
 
     torch.manual_seed(0)
     template, device = resolve_template(args.templates[0]), torch.device(args.device)
@@ -174,7 +176,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args)
-    from otxlite.report import format_table
+    from otxlite.core.report import format_table
 
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"{args.images} BCCD images, {args.epochs} epochs, {name}, torch {torch.__version__}", flush=True)
@@ -196,7 +198,7 @@ def main():
 
 def scaling(args):
     """otxlite with the template's recipe in 1, 2, ... processes."""
-    from otxlite.report import format_table
+    from otxlite.core.report import format_table
 
     rows = []
     for template_id in args.templates:

@@ -12,13 +12,12 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
+from otxlite.core.errors import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
+from otxlite.core.files import read_json, refuse_overwriting
+from otxlite.core.ray_cluster import OnRay, ray_switch
+from otxlite.inference.model import Detections, Model, load
 
-from otxlite import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
-from otxlite.files import read_json, refuse_overwriting
-
-__all__ = ["Engine", "Run", "Evaluation", "Detections", "Model", "load", "find", "OtxliteError", "DataError",
+__all__ = ["Engine", "Run", "Evaluation", "Detections", "Model", "OnRay", "load", "find", "OtxliteError", "DataError",
            "ModelFileError", "TemplateError", "ArgumentError"]
 log = logging.getLogger("otxlite")
 # train's --augmentation: the template's recipe, or one in its place (a params override of augmentation)
@@ -65,168 +64,15 @@ class Evaluation:
         return asdict(self)
 
 
-@dataclass
-class Detections:
-    """One image's detections scoring above the threshold: boxes [N, 4] (x1, y1, x2, y2 in the image's pixels),
-    scores [N], labels [N] (label_schema ids), names [N], and for instance segmentation masks [N, H, W] (bool)."""
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    schema: dict = field(repr=False)
-    image_size: tuple  # (height, width)
-    source: Path | None = None  # the image file, when predicted from one
-    image: np.ndarray | None = field(default=None, repr=False)  # the HxWx3 RGB image, when given as pixels
-    rles: list | None = field(default=None, repr=False)
-
-    def __len__(self):
-        return len(self.scores)
-
-    @property
-    def names(self):
-        """The class name of each detection."""
-        names = {label["id"]: label["name"] for label in self.schema["labels"]}
-        return [names[int(label)] for label in self.labels]
-
-    @property
-    def masks(self):
-        """[N, H, W] bool instance masks, or None for detection."""
-        if self.rles is None:
-            return None
-        from pycocotools import mask as coco_mask
-
-        if not self.rles:
-            return np.zeros((0, *self.image_size), bool)
-        return coco_mask.decode(self.rles).transpose(2, 0, 1).astype(bool)
-
-    def to_coco(self, image_id=1, file_name=None):
-        """COCO results, as `otxlite predict` writes them (bbox x, y, w, h; file_name, category_name; RLE
-        segmentation for masks)."""
-        from otxlite.predictions import detection_record
-
-        if file_name is None:
-            file_name = self.source.name if self.source else ""
-        names = {label["id"]: label["name"] for label in self.schema["labels"]}
-        return [detection_record(image_id, file_name, box, score, int(label), names,
-                                 None if self.rles is None else self.rles[i])
-                for i, (box, score, label) in enumerate(zip(self.boxes, self.scores, self.labels))]
-
-    def plot(self, image=None):
-        """A PIL image of the detections drawn (and masks filled) on image: by default the one predicted on."""
-        from otxlite.visualize import draw_detections
-
-        if image is None:
-            image = self.image if self.image is not None else self.source
-        if image is None:
-            raise ArgumentError("These detections keep no image; pass the image to plot(image).")
-        picture = Image.fromarray(as_rgb(image))
-        found = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels,
-                 **({"rles": self.rles} if self.rles is not None else {})}
-        return draw_detections(picture, found, self.schema, threshold=-1.0)
-
-
-def as_rgb(image):
-    """An HxWx3 uint8 RGB array from a path, a PIL image (EXIF orientation applied) or an array (HxW grey,
-    HxWx3 RGB or HxWx4 RGBA; uint8, or uint16 scaled down)."""
-    from otxlite.inference import decode
-
-    if isinstance(image, (str, Path)):
-        decoded = decode(Path(image))
-        if isinstance(decoded, str):
-            raise DataError(f"{image}: unreadable image ({decoded}).")
-        return decoded
-    if isinstance(image, Image.Image):
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype == np.uint16:
-        array = (array >> 8).astype(np.uint8)
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise ArgumentError(f"An image array must be HxW or HxWx3 (RGB) of uint8; got {array.dtype} of shape "
-                            f"{array.shape}.")
-    if array.ndim == 2 or array.shape[2] == 1:
-        array = np.repeat(array.reshape(*array.shape[:2], 1), 3, axis=2)
-    return np.ascontiguousarray(array[..., :3])
-
-
-class Model:
-    """A model file (weights.pth, model.onnx, or FP32/INT8 openvino.xml, label_schema.json beside it), loaded
-    once to predict on paths, PIL images or arrays."""
-
-    def __init__(self, path, device="auto"):
-        from otxlite.predictors import load_predictor
-
-        self.path = Path(path)
-        self.predictor = load_predictor(path, device, throughput=True)
-        self.schema = self.predictor.schema
-        self.task = self.schema.get("task", "detection")
-        self.names = [label["name"] for label in self.schema["labels"]]
-        self.confidence_threshold = self.predictor.confidence_threshold
-
-    def __repr__(self):
-        return f"Model({str(self.path)!r}, task={self.task!r}, names={self.names})"
-
-    def predict(self, source, threshold=None, batch_size=8):
-        """Detections scoring above threshold (default: the model's tuned one).
-
-        source: an image path, a PIL image or an HxWx3 array -> Detections; a folder, or a list of any of
-        these -> a list of Detections in order (a folder's images sorted, unreadable ones skipped with a warning).
-        """
-        from otxlite.inference import detect_images, image_files
-
-        threshold = self.confidence_threshold if threshold is None else float(threshold)
-        if not 0 <= threshold <= 1:
-            raise ArgumentError(f"threshold {threshold:g}: give a confidence between 0 and 1.")
-        is_path = isinstance(source, (str, Path))
-        single = not isinstance(source, (list, tuple)) and not (is_path and Path(source).is_dir())
-        units = []  # per image: (file, None) or (None, RGB array), in the order given
-        for item in source if isinstance(source, (list, tuple)) else [source]:
-            if isinstance(item, (str, Path)):
-                units += [(file, None) for file in image_files(item)[0]]
-            else:
-                units.append((None, as_rgb(item)))
-        files = [file for file, _ in units if file is not None]
-        from_files = {index: (image, found) for index, _, image, found in
-                      (detect_images(self.predictor, files, batch_size) if files else [])}
-        arrays = [array for file, array in units if file is None]
-        from_arrays = [found for start in range(0, len(arrays), batch_size)
-                       for found in self.predictor(arrays[start:start + batch_size])]
-        results, file_index, array_index = [], 0, 0
-        for file, array in units:
-            if file is not None:
-                if file_index in from_files:  # else unreadable: detect_images warned and skipped it
-                    image, found = from_files[file_index]
-                    results.append(self.detections(found, image.shape[:2], threshold, source=file))
-                file_index += 1
-            else:
-                results.append(self.detections(from_arrays[array_index], array.shape[:2], threshold, image=array))
-                array_index += 1
-        if single:
-            if not results:
-                raise DataError(f"{source}: unreadable image (see the warning above).")
-            return results[0]
-        return results
-
-    def detections(self, found, image_size, threshold, source=None, image=None):
-        keep = np.flatnonzero(found["scores"] > threshold)
-        return Detections(found["boxes"][keep], found["scores"][keep], found["labels"][keep].astype(np.int64),
-                          self.schema, tuple(image_size), source and Path(source), image,
-                          [found["rles"][i] for i in keep] if "rles" in found else None)
-
-
-def load(path, device="auto"):
-    """The model file at path, ready to predict: `otxlite.load("runs/x/openvino.xml").predict(image)`."""
-    return Model(path, device)
-
-
 def find(task=None, data=None, template_dirs=()):
     """The templates (dicts, as in template.yaml) of a task; with data (a data.yaml), only the data's task's,
     ranked for it, best first, each with "fit": the reason and its smallest class's median object at its input."""
-    from otxlite.templates import find_templates
+    from otxlite.models.templates import find_templates
 
     if data is None:
         return find_templates(task, template_dirs)
-    from otxlite.autoconfig import rank_templates
-    from otxlite.data import split_specs
+    from otxlite.data.specs import split_specs
+    from otxlite.models.autoconfig import rank_templates
 
     data_task, fits = rank_templates(split_specs(data), template_dirs)
     if task is not None and task != data_task:
@@ -246,7 +92,7 @@ class Engine:
     """
 
     def __init__(self, data=None, work_dir="runs/otxlite", device="auto", template_dirs=(), **split_paths):
-        from otxlite.data import split_specs
+        from otxlite.data.specs import split_specs
 
         unknown = [k for k in split_paths if not k.endswith(("_ann_files", "_data_roots"))]
         if unknown:
@@ -280,15 +126,10 @@ class Engine:
         resume) into output (default: work_dir). params: overrides as {"learning_parameters.num_iters": 5}.
         augmentation: "default" (the template's recipe), "flip" (horizontal flips only) or "none".
         Returns a Run: model weights.pth, figures {"epoch", "confidence_threshold", and the val mAPs}."""
-        from otxlite.templates import parse_overrides, resolve_template
-        from otxlite.train import train as run_training
+        from otxlite.engine.train import train as run_training
+        from otxlite.models.templates import parse_overrides, resolve_template
 
-        if engine not in ("local", "ray"):
-            raise ArgumentError(f"engine '{engine}': choose local or ray.")
-        if engine == "ray" and devices > 1:
-            raise ArgumentError("With --engine ray, give the number of processes as --workers N.")
-        if engine == "local" and (workers or ray_address):
-            raise ArgumentError("--workers and --ray-address are for --engine ray; train locally with --devices N.")
+        ray = ray_switch(engine, "train", devices, workers=workers, address=ray_address)
         if augmentation not in AUGMENTATION:
             raise ArgumentError(f"augmentation '{augmentation}': choose {', '.join(AUGMENTATION)}.")
         output = Path(output) if output else self.work_dir
@@ -302,7 +143,7 @@ class Engine:
         if not resume:
             resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()
         elif template:  # the run's own template is used: a different one named is a mistake, not a wish
-            from otxlite.files import load_checkpoint
+            from otxlite.core.files import load_checkpoint
 
             used = load_checkpoint(output / "checkpoints" / "last.pth")["template"]["id"]
             named = resolve_template(template, self.template_dirs)["id"]
@@ -311,10 +152,9 @@ class Engine:
                                     f"TEMPLATE (or with {used}), or train {named} into another --output.")
         weights = run_training(resolved, self.specs, output, overrides, pretrained=pretrained,
                                load_weights=load_weights, device=self.device, seed=seed, resume=resume,
-                               val_split=val_split, devices=workers or devices, engine=engine,
-                               ray_address=ray_address)
+                               val_split=val_split, devices=devices, ray=ray)
         if val_split is not None:  # later stages use the same split
-            from otxlite.data import read_data_yaml
+            from otxlite.data.specs import read_data_yaml
 
             self.specs = read_data_yaml(output / "data.yaml")
         self.model = Path(weights)
@@ -326,17 +166,18 @@ class Engine:
         runs, into output (default: work_dir/tune); time_budget in minutes; params fix a searched parameter, or
         narrow it with a range ({"learning_parameters.learning_rate": "{low: 0.005, high: 0.02, log: true}"}).
         Returns the Run of the best trial (output/weights.pth), which later stages take."""
-        from otxlite.templates import parse_overrides, resolve_template
-        from otxlite.tune import tune
+        from otxlite.engine.tune import tune
+        from otxlite.models.templates import parse_overrides, resolve_template
 
+        ray = ray_switch(engine, "tune", address=ray_address)
         output = Path(output) if output else self.work_dir / "tune"
         refuse_overwriting({"--output": output}, self.data_inputs())
         resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()
         weights = tune(resolved, self.specs, output, parse_overrides(params), trials=trials, time_budget=time_budget,
-                       pruner=pruner, engine=engine, ray_address=ray_address, resume=resume, seed=seed,
+                       pruner=pruner, ray=ray, resume=resume, seed=seed,
                        pretrained=pretrained, device=self.device, val_split=val_split)
         if val_split is not None:  # later stages use the same split
-            from otxlite.data import read_data_yaml
+            from otxlite.data.specs import read_data_yaml
 
             self.specs = read_data_yaml(output / "data.yaml")
         self.model = Path(weights)
@@ -344,7 +185,7 @@ class Engine:
 
     def choose_template(self):
         """The template for this data (autoconfig's rule), saying which and why."""
-        from otxlite.autoconfig import choose_template
+        from otxlite.models.autoconfig import choose_template
 
         template, reason = choose_template(self.specs, self.template_dirs)
         log.info("No template given: chose %s (%s).", template["id"], reason)
@@ -353,8 +194,8 @@ class Engine:
     def evaluate(self, model=None, output=None, params=None, save_performance=None):
         """Evaluate model (default: the last one written) on the test split; writes performance.json and plots
         into output (default: work_dir/eval when the model came from this engine, else nowhere)."""
-        from otxlite.evaluate import evaluate
-        from otxlite.templates import parse_overrides
+        from otxlite.engine.evaluate import evaluate
+        from otxlite.models.templates import parse_overrides
 
         path = self._model(model)
         if output is None and model is None:
@@ -368,7 +209,7 @@ class Engine:
         """Export a weights.pth (default: the last trained) to ONNX and OpenVINO IR in output (default:
         work_dir/export). Returns a Run whose model is openvino.xml (or model.onnx when only ONNX is asked).
         explain: the exported models also output their saliency maps, for `explain` in one inference."""
-        from otxlite.export import export
+        from otxlite.export.exporter import export
 
         output = Path(output) if output else self.work_dir / "export"
         refuse_overwriting({"--output": output}, model_inputs(self._model(model)))
@@ -382,8 +223,8 @@ class Engine:
         """Quantize to INT8 with NNCF: post-training on an openvino.xml (default: the last exported), or
         quantization-aware training on a weights.pth. Returns a Run: model openvino.xml (INT8), figures the
         performance.json (FP32 and INT8 side by side)."""
-        from otxlite.optimize import optimize
-        from otxlite.templates import parse_overrides
+        from otxlite.export.optimize import optimize
+        from otxlite.models.templates import parse_overrides
 
         output = Path(output) if output else self.work_dir / "optimize"
         refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), **self.data_inputs()})
@@ -408,21 +249,17 @@ class Engine:
         no suffix: Parquet); returns the path. resume: predict only the images a Parquet folder lacks.
         engine "ray": on Ray Data, workers actors (default: one per CPU of the cluster), each with gpus_per_worker
         GPUs, on the cluster at ray_address (default: a local Ray)."""
-        from otxlite.inference import RayWorkers, predict_files
+        from otxlite.inference.predict import predict_files
 
-        if engine not in ("local", "ray"):
-            raise ArgumentError(f"engine '{engine}': choose local or ray.")
-        if engine == "local" and (workers or gpus_per_worker or ray_address):
-            raise ArgumentError("--workers, --gpus-per-worker and --ray-address go with --engine ray.")
+        ray = ray_switch(engine, "predict", workers=workers, gpus_per_worker=gpus_per_worker, address=ray_address)
         refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), **image_inputs(source)})
-        ray = RayWorkers(workers, gpus_per_worker, ray_address) if engine == "ray" else None
         return predict_files(self._model(model), source, output, output_format, threshold, batch_size, self.device,
                              resume, ray)
 
     def demo(self, source, model=None, output=None, threshold=None):
         """Annotated copies of an image, a folder's images or a video; returns the output folder (default:
         demo/ beside the model)."""
-        from otxlite.demo import demo
+        from otxlite.inference.demo import demo
 
         model = self._model(model)
         output = Path(output) if output else model.parent / "demo"
@@ -433,7 +270,7 @@ class Engine:
         """Per-class saliency maps of a weights.pth on an image or a folder's images, a folder per image with
         saliency.npy and an overlay PNG per class; returns the output folder (default: explain/ beside the
         model)."""
-        from otxlite.explain import explain
+        from otxlite.inference.explain import explain
 
         model = self._model(model)
         output = Path(output) if output else model.parent / "explain"
@@ -444,9 +281,9 @@ class Engine:
               max_queue=64, max_body_mb=20, ray=None, request_timeout_s=60, api_key=None):
         """Serve the model (default: the last one written) over HTTP until SIGTERM or Ctrl-C (`otxlite serve`):
         POST /predict, the page at /, /health, /ready, /model, /metrics and KServe v2 routes. ray: an
-        `otxlite.serve.RayScaling` to serve on Ray Serve replicas. api_key: when given, every route but the health
-        probes and the page needs `Authorization: Bearer <api_key>`."""
-        from otxlite.serve import Limits, serve
+        `otxlite.OnRay` (replicas, or min_replicas and max_replicas; address) to serve on Ray Serve replicas.
+        api_key: when given, every route but the health probes and the page needs `Authorization: Bearer <api_key>`."""
+        from otxlite.serve.launch import Limits, serve
 
         serve(self._model(model), host, port, self.device, Limits(max_batch_size, batch_wait_ms, max_queue,
                                                                    max_body_mb, request_timeout_s), threshold, ray,
@@ -455,7 +292,7 @@ class Engine:
     def deploy(self, model=None, output=None):
         """A zip of the openvino.xml with a runner that needs only openvino, numpy and pillow; returns its path
         (default: work_dir/deploy.zip)."""
-        from otxlite.deploy import deploy
+        from otxlite.export.deploy import deploy
 
         output = output or self.work_dir / "deploy.zip"
         refuse_overwriting({"--output": output}, model_inputs(self._model(model)))
@@ -463,13 +300,13 @@ class Engine:
 
     def check_data(self):
         """(report text, ok): `otxlite data check` on the engine's splits; ok when training would run."""
-        from otxlite.check import check_data
+        from otxlite.data.check import check_data
 
         return check_data(self.specs)
 
     def convert_data(self, output):
         """The splits as COCO JSON with the images copied, and a data.yaml over them; returns its path."""
-        from otxlite.convert import convert_to_coco
+        from otxlite.data.convert import convert_to_coco
 
         refuse_overwriting({"--output": output}, self.data_inputs())
         return convert_to_coco(self.specs, output)
@@ -488,7 +325,7 @@ def model_inputs(model):
 def image_inputs(source):
     """{what: path} of an image input: the path itself, and for a glob pattern or a .txt list each image it names
     (the images are the inputs, not their folders: an output beside them is fine)."""
-    from otxlite.inference import image_files
+    from otxlite.inference.images import image_files
 
     path = Path(source)
     if path.is_dir() or (path.is_file() and path.suffix.lower() != ".txt"):
@@ -508,7 +345,7 @@ def metadata_files(folder):
 
 def train_run(folder, weights):
     """The Run of a finished training: weights.pth with its best epoch's val figures and tuned threshold."""
-    from otxlite.files import load_checkpoint
+    from otxlite.core.files import load_checkpoint
 
     checkpoint = load_checkpoint(weights)
     figures = {"epoch": checkpoint.get("epoch"), "confidence_threshold": checkpoint["confidence_threshold"],

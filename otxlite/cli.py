@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
-from otxlite import OtxliteError, __version__, setup_logging
-from otxlite.api import AUGMENTATION, Engine, find as find_templates
+from otxlite import __version__
+from otxlite.api import AUGMENTATION, Engine
+from otxlite.api import find as find_templates
+from otxlite.core.errors import OtxliteError, setup_logging
 
 log = logging.getLogger("otxlite")
 PARAMS_HELP = "Hyper-parameters can be overridden after the word params: `... params --learning_parameters.batch_size 4`."
@@ -88,7 +90,7 @@ class ParamsCommand(click.Command):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
-        from otxlite.templates import parse_params, read_params_file
+        from otxlite.models.templates import parse_params, read_params_file
 
         path = ctx.params.pop("params_file")
         ctx.params["overrides"] = {**(read_params_file(path) if path else {}), **parse_params(ctx.meta["params"])}
@@ -122,8 +124,8 @@ def cli(debug):
 @click.option("--template-dir", multiple=True, type=click.Path(), help="Another folder to search for template.yaml files.")
 def find(task, data, template_dir):
     """List the model templates, or rank them for a dataset."""
-    from otxlite.backbones import weights_source
-    from otxlite.report import format_table
+    from otxlite.core.report import format_table
+    from otxlite.models.backbones import weights_source
 
     if data:
         setup_logging()
@@ -402,17 +404,14 @@ def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, ma
           request_timeout_s, api_key, device, engine, replicas, min_replicas, max_replicas, max_queued_requests,
           ray_address):
     """Serve a model over HTTP: POST /predict, a page at /, /health, /ready, /model, /metrics, KServe v2."""
-    from otxlite.serve import RayScaling
+    from otxlite.core.ray_cluster import ray_switch
 
     setup_logging()
-    ray_options = {"replicas": replicas, "min_replicas": min_replicas, "max_replicas": max_replicas,
-                   "max_queued_requests": max_queued_requests, "address": ray_address}
-    if engine == "local" and any(value is not None for value in ray_options.values()):
-        raise click.UsageError("--replicas, --min-replicas, --max-replicas, --max-queued-requests and --ray-address "
-                               "go with --engine ray.")
+    ray = ray_switch(engine, "serve", replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                     max_queued_requests=max_queued_requests, address=ray_address)
     click.echo(f"Serving {load_weights} on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
     Engine(device=device).serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue,
-                                max_body_mb, ray=RayScaling(**ray_options) if engine == "ray" else None,
+                                max_body_mb, ray=ray,
                                 request_timeout_s=request_timeout_s, api_key=api_key)
 
 

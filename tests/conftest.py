@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from otxlite.backbones import weights_source
 from otxlite.cli import cli, main
-from otxlite.data import split_specs
-from otxlite.predictors import signal_stack_kept
-from otxlite.templates import resolve_template
-from otxlite.train import train
+from otxlite.data.specs import split_specs
+from otxlite.engine.train import train
+from otxlite.inference.backends import signal_stack_kept
+from otxlite.models.backbones import weights_source
+from otxlite.models.templates import resolve_template
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "bccd-mini"

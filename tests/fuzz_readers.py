@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from otxlite import OtxliteError
-from otxlite.data import check_split, read_data_yaml
-from otxlite.formats import SplitSpec
-from otxlite.formats.shapes import instance_masks
+from otxlite.core.errors import OtxliteError
+from otxlite.data.formats import SplitSpec
+from otxlite.data.formats.shapes import instance_masks
+from otxlite.data.records import check_split
+from otxlite.data.specs import read_data_yaml
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats() | st.text(max_size=12)

@@ -7,15 +7,14 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, SAMPLE, copy_voc, sample_ids, spawn, write_coco
 from PIL import Image
 
 import otxlite as otx
-from otxlite import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
-from otxlite.autoconfig import DETECTION_TEMPLATE, SEGMENTATION_TEMPLATE, choose_template
 from otxlite.cli import EXAMPLES
-from otxlite.data import split_specs
-
-from conftest import ROOT, SAMPLE, copy_voc, sample_ids, spawn, write_coco
+from otxlite.core.errors import ArgumentError, DataError, ModelFileError, OtxliteError, TemplateError
+from otxlite.data.specs import split_specs
+from otxlite.models.autoconfig import DETECTION_TEMPLATE, SEGMENTATION_TEMPLATE, choose_template
 
 TINY_RECIPE = {"learning_parameters.num_iters": 1, "learning_parameters.batch_size": 2}
 

@@ -5,17 +5,19 @@ import re
 
 import pytest
 import torch
+from conftest import SAMPLE
 from torchvision import tv_tensors
 
-from conftest import SAMPLE
-from otxlite.anchors import fit_anchors, warn_small_objects
-from otxlite.augment import Pipeline, without_heavy
-from otxlite.data import DetectionDataset, PipelineContext, load_splits, split_specs
-from otxlite.files import load_checkpoint
-from otxlite.models import InputSize, anchors_of, build_model, model_from_checkpoint
-from otxlite.templates import apply_overrides, resolve_template
-import otxlite.train
-from otxlite.train import train
+import otxlite.engine.train
+from otxlite.core.files import load_checkpoint
+from otxlite.data.augment import Pipeline, without_heavy
+from otxlite.data.loader import DetectionDataset, PipelineContext
+from otxlite.data.records import load_splits
+from otxlite.data.specs import split_specs
+from otxlite.engine.train import train
+from otxlite.models.anchors import fit_anchors, warn_small_objects
+from otxlite.models.build import InputSize, anchors_of, build_model, model_from_checkpoint
+from otxlite.models.templates import apply_overrides, resolve_template
 
 COLORS = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0), (0, 250, 250), (250, 0, 250)]
 
@@ -237,14 +239,14 @@ def test_the_last_epochs_train_without_mosaic_and_heavy_geometric_transforms(tin
     assert without_heavy({"RandomHorizontalFlip": {"p": 0.5}, "Mosaic": False}) is None  # nothing to switch off
     template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
     template["hyper_parameters"]["augmentation"] = augmentation
-    recipes, make_loader = [], otxlite.train.make_loader
+    recipes, make_loader = [], otxlite.engine.train.make_loader
 
     def spy(*args, pipeline=None, **kwargs):
         if pipeline is not None:
             recipes.append([type(step).__name__ for step in pipeline.steps])
         return make_loader(*args, pipeline=pipeline, **kwargs)
 
-    monkeypatch.setattr(otxlite.train, "make_loader", spy)
+    monkeypatch.setattr(otxlite.engine.train, "make_loader", spy)
     with caplog.at_level(logging.INFO, logger="otxlite"):
         train(template, split_specs(tiny_voc), tmp_path / "run", {"learning_parameters.num_iters": "4",
               "learning_parameters.close_mosaic_share": "0.5"}, pretrained=False)

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
-from otxlite import OtxliteError
-from otxlite.backbones import OFFLINE_WEIGHTS, efficientnet_lite, mapped, weights_file
-from otxlite.models import build_model
-from otxlite.templates import recipe, resolve_template
+from otxlite.core.errors import OtxliteError
+from otxlite.models.backbones import OFFLINE_WEIGHTS, efficientnet_lite, mapped, weights_file
+from otxlite.models.build import build_model
+from otxlite.models.templates import recipe, resolve_template
 
 # CC BY 2.0, bundled with its source in samples/coco-seg-mini (SOURCES.csv): the Washington Square Arch
 PHOTO = ROOT / "samples" / "coco-seg-mini" / "images" / "train" / "000000000257.jpg"
@@ -127,7 +127,7 @@ def test_the_single_stage_families_train_on_the_offline_pyramid(family):
     """RetinaNet and FCOS on the same EfficientNet-Lite0 pyramid as the R-CNN templates: a training step on the
     ImageNet weights with the stem frozen, GroupNorm heads, and detections in eval mode."""
     template = resolve_template(TEMPLATE)
-    template["model"]["architecture"] = f"otxlite.models:{family}_efficientnet_lite_fpn"
+    template["model"]["architecture"] = f"otxlite.models.build:{family}_efficientnet_lite_fpn"
     template["model"]["kwargs"] = {"variant": "efficientnet_lite0", "min_size": 320, "max_size": 544}
     model = build_model(template, 2, pretrained=True)
     assert model.anchor_generator.num_anchors_per_location() == [9 if family == "retinanet" else 1] * 4

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import copy_voc, sample_ids, voc_boxes, write_coco
 from PIL import Image
 
-from conftest import copy_voc, sample_ids, voc_boxes, write_coco
-from otxlite.predictions import read_predictions, row_records
+from otxlite.inference.writers import read_predictions, row_records
 
 FASTER_RCNN = pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
 
@@ -211,8 +211,8 @@ def test_a_ray_job_stopped_or_killed_half_way_keeps_its_shards_and_resume_does_t
 
 def test_to_ray_dataset_reads_voc_and_coco_splits_with_their_boxes_and_masks(tmp_path, ray_stopped_after):
     pytest.importorskip("ray.data")
-    from otxlite.data import to_ray_dataset
-    from otxlite.ray_cluster import init_ray
+    from otxlite.core.ray_cluster import init_ray
+    from otxlite.data.ray_dataset import to_ray_dataset
 
     copy_voc(sample_ids("train", 2), tmp_path / "voc", tmp_path / "voc")
     (tmp_path / "voc.yaml").write_text("data:\n  train: {ann-files: voc}\n")

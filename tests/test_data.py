@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SAMPLE, copy_voc, sample_ids, voc_boxes, write_coco
-from otxlite import OtxliteError
-from otxlite.augment import Pipeline
-from otxlite.data import (DetectionDataset, GroupedBatchSampler, Sample, SplitSpec, adaptive_repeats, label_schema,
-                          load_split, load_splits, read_data_yaml, split_specs)
-from otxlite.files import label_names
+
+from otxlite.core.errors import OtxliteError
+from otxlite.core.labels import LabelSchema, label_names
+from otxlite.data.augment import Pipeline
+from otxlite.data.formats import Sample
+from otxlite.data.loader import DetectionDataset, GroupedBatchSampler, adaptive_repeats
+from otxlite.data.records import load_split, load_splits
+from otxlite.data.specs import SplitSpec, read_data_yaml, split_specs
 
 
 def voc_root_specs():
@@ -184,7 +186,7 @@ def test_an_empty_split_is_an_error(tmp_path):
 
 def test_dataset_flip_moves_boxes_with_the_image():
     split = load_split(SplitSpec("train", SAMPLE / "ImageSets" / "Main" / "train.txt"))
-    schema = label_schema(split.class_order)
+    schema = LabelSchema.of_classes(split.class_order)
     plain = DetectionDataset(split.samples[:1], schema)
     image, target = plain[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 480, 640)

@@ -5,11 +5,12 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, copy_voc, sample_ids
-from otxlite import OtxliteError
-from otxlite.data import SplitSpec, hold_out_val, load_splits, read_data_yaml
-from otxlite.files import label_names
+
+from otxlite.core.errors import OtxliteError
+from otxlite.core.labels import label_names
+from otxlite.data.records import load_splits
+from otxlite.data.specs import SplitSpec, hold_out_val, read_data_yaml
 
 
 def edit(path, old, new):

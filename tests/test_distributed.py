@@ -14,12 +14,14 @@ import time
 import pytest
 import torch
 import yaml
-
 from conftest import copy_voc, sample_ids
-from otxlite import OtxliteError, distributed
-from otxlite.data import GroupedBatchSampler, Sample
-from otxlite.files import load_checkpoint
-from otxlite.templates import resolve_template
+
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import load_checkpoint
+from otxlite.data.loader import GroupedBatchSampler
+from otxlite.data.formats import Sample
+from otxlite.engine import distributed
+from otxlite.models.templates import resolve_template
 
 TEMPLATE = "fasterrcnn_mobilenet_v3_large_320_fpn"
 EPOCHS = 2

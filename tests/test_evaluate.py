@@ -5,13 +5,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from otxlite import OtxliteError
 from otxlite.cli import cli
-from otxlite.data import split_specs
-from otxlite.evaluate import evaluate
-from otxlite.files import load_checkpoint
-from otxlite.templates import resolve_template
-from otxlite.train import train
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import load_checkpoint
+from otxlite.data.specs import split_specs
+from otxlite.engine.evaluate import evaluate
+from otxlite.engine.train import train
+from otxlite.models.templates import resolve_template
 
 
 @pytest.fixture(scope="module")

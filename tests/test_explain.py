@@ -3,13 +3,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import voc_boxes
 from PIL import Image
 
-from otxlite import deploy_runner
-from otxlite.predictors import load_predictor, signal_stack_kept
-from otxlite.saliency import level_average, painted_proposals
-
-from conftest import voc_boxes
+from otxlite.core.labels import LabelSchema
+from otxlite.export import deploy_runner
+from otxlite.inference.backends import load_predictor, signal_stack_kept
+from otxlite.models.saliency import level_average, painted_proposals
 
 
 def test_proposals_paint_a_bump_of_their_class_probabilities_into_their_boxes_the_highest_where_they_overlap():
@@ -55,7 +55,7 @@ def test_explain_writes_maps_whose_hottest_cell_lies_on_an_object_of_the_class(e
     detections = predictor([np.asarray(Image.open(image).convert("RGB"))])[0]
     found = {int(label) for label in detections["labels"][detections["scores"] > predictor.confidence_threshold]}
     assert 2 in found  # both fitted models find red cells
-    names = {label["id"]: label["name"] for label in predictor.schema["labels"]}
+    names = LabelSchema.of(predictor.schema).name_of
     for label in found:
         class_map = maps[label - 1]
         assert np.ptp(class_map) > 0.1, names[label]  # not uniform (SSD's averaged softmax peaks near 0.26 here)

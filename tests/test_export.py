@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE, sample_ids
 from PIL import Image
 
-from conftest import SAMPLE, sample_ids
-from otxlite import OtxliteError
-from otxlite.data import split_specs
-from otxlite.evaluate import evaluate
-from otxlite.export import export
-from otxlite.predictors import load_predictor, unmatched_detections
+from otxlite.core.errors import OtxliteError
+from otxlite.data.specs import split_specs
+from otxlite.engine.evaluate import evaluate
+from otxlite.export.exporter import export
+from otxlite.inference.backends import load_predictor, unmatched_detections
 
 MIN_SCORE = 0.2  # below it detections are many and near-tied, and the cap cuts them differently per backend
 

@@ -7,12 +7,14 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from conftest import SAMPLE, copy_voc, sample_ids
-from otxlite import OtxliteError
-from otxlite.data import DetectionDataset, SplitSpec, load_split, load_splits, read_data_yaml
-from otxlite.formats import detect_format
-from otxlite.files import label_names
+
+from otxlite.core.errors import OtxliteError
+from otxlite.core.labels import label_names
+from otxlite.data.formats import detect_format
+from otxlite.data.loader import DetectionDataset
+from otxlite.data.records import load_split, load_splits
+from otxlite.data.specs import SplitSpec, read_data_yaml
 
 SHARED_BCCD = SAMPLE.parent.parent.parent / "shared" / "datasets" / "bccd"
 

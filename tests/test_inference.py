@@ -14,20 +14,20 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
+from conftest import spawn
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from otxlite import OtxliteError
 from otxlite.api import Engine
-from otxlite.data import split_specs
-from otxlite.deploy import deploy
-from otxlite.demo import demo
-from otxlite.evaluate import evaluate
-from otxlite.inference import predict_files
-from otxlite.predictors import load_predictor
-
-from conftest import spawn
+from otxlite.core.errors import OtxliteError
+from otxlite.core.labels import LabelSchema
+from otxlite.data.specs import split_specs
+from otxlite.engine.evaluate import evaluate
+from otxlite.export.deploy import deploy
+from otxlite.inference.demo import demo
+from otxlite.inference.predict import predict_files
+from otxlite.inference.backends import load_predictor
 
 MODEL_FILES = ("run/weights.pth", "export/model.onnx", "export/openvino.xml")
 FASTER_RCNN = pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
@@ -44,7 +44,8 @@ def images_of(data):
 
 def coco_ground_truth(folder, schema):
     """The VOC boxes of the folder's images as a COCO object, image ids numbering the sorted files from 1."""
-    from otxlite.data import load_split, SplitSpec
+    from otxlite.data.records import load_split
+    from otxlite.data.specs import SplitSpec
     split = load_split(SplitSpec("test", folder))
     ids = {label["name"]: label["id"] for label in schema["labels"]}
     samples = sorted(split.samples, key=lambda s: s.image.name)
@@ -66,7 +67,7 @@ def test_predict_writes_coco_results_whose_map_is_eval_s(exported, name, tmp_pat
     output = predict_files(path, images_of(exported[2]), tmp_path / "predictions.json", threshold=0.0)
     records = json.loads(output.read_text())
     predictor = load_predictor(path)
-    names = {label["id"]: label["name"] for label in predictor.schema["labels"]}
+    names = LabelSchema.of(predictor.schema).name_of
     assert records and all(r["category_name"] == names[r["category_id"]] for r in records)
     assert {r["file_name"] for r in records} <= {p.name for p in images_of(exported[2]).glob("*.jpg")}
     ground_truth = coco_ground_truth(images_of(exported[2]), predictor.schema)
@@ -206,7 +207,7 @@ def test_deploy_needs_an_exported_ir_with_its_files(exported, tmp_path):
 RELEASE_OUT_OF_ORDER_THEN_CTRL_C = """
 import gc, os, signal, sys
 import numpy as np
-from otxlite.predictors import load_predictor
+from otxlite.inference.backends import load_predictor
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a job started with & inherits SIGINT ignored
 image = np.zeros((48, 64, 3), np.uint8)
 first, second = load_predictor(sys.argv[1]), load_predictor(sys.argv[1])
@@ -239,7 +240,7 @@ def test_a_throughput_predictor_is_freed_once_dropped(exported):
 
 
 def test_deploy_pins_what_is_installed_and_names_what_is_not():
-    from otxlite.deploy import pinned
+    from otxlite.export.deploy import pinned
 
     assert pinned("numpy") == f"numpy=={np.__version__}"
     assert pinned("a-package-nobody-installed") == "a-package-nobody-installed"

@@ -2,11 +2,13 @@
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE
-from otxlite.data import SplitSpec, label_schema, load_split
-from otxlite.evaluate import coco_map, score
-from otxlite.metrics import THRESHOLD_GRID, best_threshold, detection_metrics
+
+from otxlite.core.labels import LabelSchema
+from otxlite.core.metrics import THRESHOLD_GRID, best_threshold, detection_metrics
+from otxlite.data.records import load_split
+from otxlite.data.specs import SplitSpec
+from otxlite.engine.evaluate import coco_map, score
 
 A, B, C = [0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]
 FAR = [100, 100, 110, 110]
@@ -171,7 +173,7 @@ def noisy_predictions(samples, schema, seed):
 @pytest.fixture(scope="module")
 def real_boxes():
     split = load_split(SplitSpec("train", SAMPLE / "ImageSets" / "Main" / "train.txt", SAMPLE / "JPEGImages"))
-    schema = label_schema(split.class_order)
+    schema = LabelSchema.of_classes(split.class_order)
     return split.samples, schema
 
 

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import SAMPLE, copy_voc, sample_ids, spawn
+from PIL import Image
 
 
 def digest(folder):
@@ -212,7 +211,8 @@ def test_a_missing_ir_weights_file_is_named(exported, tmp_path, otxlite_subproce
 
 
 def test_yolo_classes_are_indices_even_when_names_are_numbers_and_0_0_is_0(tmp_path):
-    from otxlite.data import load_split, read_data_yaml
+    from otxlite.data.records import load_split
+    from otxlite.data.specs import read_data_yaml
 
     data = yolo_seg(tmp_path, ["1 0.5 0.5 0.2 0.2", "0.0 0.3 0.3 0.2 0.2"], names="[5, 7]")
     split = load_split(read_data_yaml(data)["train"])

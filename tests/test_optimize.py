@@ -6,16 +6,16 @@ import openvino as ov
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import int8_layers, quantized_modules
-from otxlite import OtxliteError
+
 from otxlite.cli import cli
-from otxlite.data import split_specs
-from otxlite.evaluate import evaluate
-from otxlite.files import load_weights
-from otxlite.models import model_from_checkpoint
-from otxlite.optimize import QUANTIZED_MODULES, optimize
-from otxlite.predictors import load_predictor
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import load_weights
+from otxlite.data.specs import split_specs
+from otxlite.engine.evaluate import evaluate
+from otxlite.export.optimize import QUANTIZED_MODULES, optimize
+from otxlite.inference.backends import load_predictor
+from otxlite.models.build import model_from_checkpoint
 
 
 def test_optimize_writes_an_int8_model_that_eval_reads_with_fp32_and_int8_figures_side_by_side(exported, tmp_path):

@@ -17,19 +17,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import SAMPLE, copy_voc, sample_ids, voc_boxes
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
-import otxlite.train
-from conftest import SAMPLE, copy_voc, sample_ids, voc_boxes
-from otxlite.data import DetectionDataset, check_split, label_schema, split_specs
-from otxlite.evaluate import coco_ground_truth, evaluate, score
-from otxlite.files import load_checkpoint
-from otxlite.formats import Sample, SplitSpec
-from otxlite.formats.base import decode_image
-from otxlite.predictors import load_predictor
-from otxlite.templates import resolve_template
-from otxlite.train import train
+import otxlite.engine.train
+from otxlite.core.files import load_checkpoint
+from otxlite.core.labels import LabelSchema
+from otxlite.data.formats import Sample, SplitSpec
+from otxlite.data.formats.base import decode_image
+from otxlite.data.loader import DetectionDataset
+from otxlite.data.records import check_split
+from otxlite.data.specs import split_specs
+from otxlite.engine.evaluate import coco_ground_truth, evaluate, score
+from otxlite.engine.train import train
+from otxlite.inference.backends import load_predictor
+from otxlite.models.templates import resolve_template
 
 # ---------------------------------------------------------------- images as viewers show them
 
@@ -105,7 +108,7 @@ def test_coco_crowd_and_voc_difficult_regions_are_read_as_ignored(tmp_path, otxl
     assert sum(split.samples[0].ignored) == 2 and not any(split.samples[1].ignored)
     status, out, _ = otxlite("data", "check", "--train-ann-files", tmp_path / "voc")
     assert status == 0 and "2 of them crowd or difficult regions" in out
-    schema = label_schema(split.class_order)
+    schema = LabelSchema.of_classes(split.class_order)
     _, target = DetectionDataset(split.samples, schema)[0]
     assert len(target["boxes"]) == len(split.samples[0].boxes) - 2  # ignored regions are no training targets
 
@@ -136,7 +139,7 @@ def random_case(seed, images=12, classes=(1, 2, 3)):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_per_class_ap_and_f1_agree_with_pycocotools_on_crowd_regions(seed):
     samples, predictions = random_case(seed)
-    schema = label_schema(["1", "2", "3"])
+    schema = LabelSchema.of_classes(["1", "2", "3"])
     threshold = 0.4
     performance, result = score(samples, predictions, schema, confidence_threshold=threshold)
     assert sum(sum(s.ignored) for s in samples) > 0
@@ -169,7 +172,7 @@ def test_a_detection_on_an_ignored_region_is_neither_true_nor_false_positive():
     sample.add([60, 60, 90, 90], "a", "")
     detections = {"boxes": np.array([[10, 10, 40, 40], [60, 60, 90, 90]], float), "scores": np.array([0.9, 0.8]),
                   "labels": np.array([1, 1])}
-    performance, _ = score([sample], [detections], label_schema(["a"]), confidence_threshold=0.5)
+    performance, _ = score([sample], [detections], LabelSchema.of_classes(["a"]), confidence_threshold=0.5)
     assert performance["per_class"]["a"] == {"gts": 1, "dets": 1, "recall": 1.0, "ap": 1.0}
     assert performance["f-measure"] == 1.0 and performance["map_50"] == pytest.approx(1.0)
 
@@ -266,7 +269,7 @@ def test_a_kill_during_threshold_tuning_is_finished_by_resume(tmp_path, small_te
                      overrides, pretrained=False, seed=5, resume=resume)
 
     first = weights_of(run("a"))
-    monkeypatch.setattr(otxlite.train, "tune_threshold", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(otxlite.engine.train, "tune_threshold", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         run("b")
     monkeypatch.undo()
@@ -499,7 +502,7 @@ def corpus_model(tmp_path_factory):
     from click.testing import CliRunner
 
     from otxlite.cli import cli
-    from otxlite.templates import resolve_template
+    from otxlite.models.templates import resolve_template
 
     root = tmp_path_factory.mktemp("corpus_model")
     copy_voc(sample_ids("train", 2), root / "images", root / "images")

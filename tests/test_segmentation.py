@@ -11,29 +11,30 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT, quantized_modules, write_coco
 from PIL import Image
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from conftest import ROOT, quantized_modules, write_coco
-
-from otxlite import OtxliteError
-from otxlite.data import check_split, label_schema, load_splits, read_data_yaml, split_specs
-from otxlite.deploy_runner import Detector, coco_rle, paste_mask
-from otxlite.evaluate import coco_ground_truth, coco_results, score
-from otxlite.export import export
-from otxlite.files import save_checkpoint
-from otxlite.formats import read_split
-from otxlite.formats.base import Sample, decode_image
-from otxlite.formats.shapes import instance_masks
-from otxlite.inference import predict_files
-from otxlite.optimize import optimize
-from otxlite.predictors import load_predictor, signal_stack_kept, unmatched_detections
-from otxlite.tasks import task_of
-from otxlite.templates import resolve_template
-from otxlite.train import train
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import save_checkpoint
+from otxlite.core.labels import LabelSchema
+from otxlite.core.tasks import task_of
+from otxlite.data.formats import read_split
+from otxlite.data.formats.base import Sample, decode_image
+from otxlite.data.formats.shapes import instance_masks
+from otxlite.data.records import check_split, load_splits
+from otxlite.data.specs import read_data_yaml, split_specs
+from otxlite.engine.evaluate import coco_ground_truth, coco_results, score
+from otxlite.engine.train import train
+from otxlite.export.deploy_runner import Detector, coco_rle, paste_mask
+from otxlite.export.exporter import export
+from otxlite.export.optimize import optimize
+from otxlite.inference.predict import predict_files
+from otxlite.inference.backends import load_predictor, signal_stack_kept, unmatched_detections
+from otxlite.models.templates import resolve_template
 
 MINI = ROOT / "samples" / "coco-seg-mini"
 
@@ -218,7 +219,7 @@ def random_instances(generator, count, size=48):
 def test_mask_ap_table_matches_pycocotools_segm():
     """The per-class table's mAP (otxlite's own matching on mask IoU) equals pycocotools' segm mAP@0.5."""
     generator = np.random.default_rng(0)
-    schema = label_schema(["a", "b"], "instance_segmentation")
+    schema = LabelSchema.of_classes(["a", "b"], "instance_segmentation")
     samples, predictions = [], []
     for image in range(6):
         truth = random_instances(generator, 4)
@@ -336,12 +337,12 @@ def test_otxlite_serve_answers_masks_as_predict_writes_them(fitted_segmenter, na
 
 def test_ray_engine_writes_the_masks_the_local_engine_writes(fitted_segmenter, tmp_path, ray_stopped_after):
     pytest.importorskip("ray.data")
-    from otxlite.inference import RayWorkers
-    from otxlite.predictions import read_predictions
+    from otxlite.core.ray_cluster import OnRay
+    from otxlite.inference.writers import read_predictions
 
     model, images = fitted_segmenter[0] / "export" / "openvino.xml", fitted_segmenter[0] / "images"
     predict_files(model, images, tmp_path / "local", threshold=0.05)
-    predict_files(model, images, tmp_path / "ray", threshold=0.05, ray=RayWorkers(workers=2), batch_size=1)
+    predict_files(model, images, tmp_path / "ray", threshold=0.05, ray=OnRay(workers=2), batch_size=1)
     rows = read_predictions(tmp_path / "ray")
     assert len(rows) == 2 and all(row["segmentation"] and len(row["segmentation"]) == len(row["score"]) for row in rows)
     assert rows == read_predictions(tmp_path / "local")

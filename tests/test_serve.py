@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-
 from conftest import SAMPLE, spawn
-from otxlite.distributed import free_port
+
+from otxlite.engine.distributed import free_port
 
 FASTER_RCNN = pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
 MODEL_FILES = ("run/weights.pth", "export/model.onnx", "export/openvino.xml")
@@ -158,7 +158,7 @@ def test_bad_requests_get_a_4xx_naming_the_problem_and_good_ones_still_their_ans
 def test_explain_true_answers_the_detections_with_each_class_saliency_map(exported, server):
     from PIL import Image
 
-    from otxlite.predictors import load_predictor
+    from otxlite.inference.backends import load_predictor
 
     running = server(exported[0])
     answer = running.predict(threshold=0.05, explain="true")
@@ -374,7 +374,7 @@ def to_fixed(value, digits):
 
 @FASTER_RCNN
 def test_the_deploy_package_serves_in_a_fresh_venv_without_torch_as_otxlite_serve_does(exported, server, tmp_path):
-    from otxlite.deploy import deploy
+    from otxlite.export.deploy import deploy
 
     model = exported[1] / "openvino.xml"
     with zipfile.ZipFile(deploy(model, tmp_path / "cells.zip")) as archive:

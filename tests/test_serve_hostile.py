@@ -11,11 +11,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
-import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_serve import FASTER_RCNN, IMAGE, server  # noqa: F401 (server is a fixture)
 
 KEY = "s3cret-key"
@@ -227,7 +225,7 @@ def test_fuzzed_kserve_bodies_and_query_strings_get_a_json_answer_and_never_a_5x
 
 
 def test_serving_beyond_loopback_without_a_key_warns_that_anyone_can_use_it(caplog):
-    from otxlite.service import warn_if_open
+    from otxlite.serve.app import warn_if_open
 
     with caplog.at_level(logging.WARNING, logger="otxlite"):
         for host, key in (("127.0.0.1", None), ("localhost", None), ("::1", None), ("0.0.0.0", KEY)):

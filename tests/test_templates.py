@@ -1,11 +1,11 @@
 import pytest
 import torchvision
 from click.testing import CliRunner
-
-from otxlite import OtxliteError
-from otxlite.cli import cli
-from otxlite.templates import apply_overrides, find_templates, parse_params, resolve_template
 from conftest import ROOT
+
+from otxlite.cli import cli
+from otxlite.core.errors import OtxliteError
+from otxlite.models.templates import apply_overrides, find_templates, parse_params, resolve_template
 
 TORCHVISION_TEMPLATES = {
     "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
@@ -34,7 +34,7 @@ def test_template_stats_match_torchvision_weight_metadata(template_id):
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "templates").glob("*.yaml")), ids=lambda p: p.stem)
 def test_the_benchmarks_candidate_templates_stay_valid_and_build(path):
     """The candidates benchmarks/recipes.py compares with the shipped templates (not listed by find)."""
-    from otxlite.models import build_model
+    from otxlite.models.build import build_model
 
     template = resolve_template(str(path))
     assert template["id"] == path.stem

@@ -8,20 +8,22 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE, sample_ids, voc_boxes, write_coco
 from PIL import Image
 from pycocotools import mask as coco_mask
 from torchvision.ops import box_iou
 
-from conftest import SAMPLE, sample_ids, voc_boxes, write_coco
-from otxlite import OtxliteError, deploy_runner
-from otxlite.export import export
-from otxlite.files import load_checkpoint, save_checkpoint, write_label_schema
-from otxlite.formats.base import Sample
-from otxlite.inference import predict_files
-from otxlite.models import build_model
-from otxlite.predictors import load_predictor, signal_stack_kept, unmatched_detections
-from otxlite.templates import resolve_template
-from otxlite.tiling import TiledPredictor, cut, decided, merged, windows
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import load_checkpoint, save_checkpoint
+from otxlite.core.labels import LabelSchema
+from otxlite.data.formats.base import Sample
+from otxlite.export import deploy_runner
+from otxlite.export.exporter import export
+from otxlite.inference.predict import predict_files
+from otxlite.inference.backends import load_predictor, signal_stack_kept, unmatched_detections
+from otxlite.models.build import build_model
+from otxlite.models.templates import resolve_template
+from otxlite.models.tiling import TiledPredictor, cut, decided, merged, windows
 
 SETTINGS = {"enable": True, "tile_size": 400, "overlap": 0.25, "max_tiles": 64, "min_visibility": 0.5,
             "sampling_ratio": 1.0, "empty_tile_ratio": 0.1, "merge_iou": 0.5, "object_tile_ratio": 0.03}
@@ -164,7 +166,7 @@ def tiled_export(exported, tmp_path_factory):
     checkpoint = load_checkpoint(weights)
     checkpoint["template"]["hyper_parameters"]["tiling"] = {**SETTINGS, "tile_size": 640}
     save_checkpoint(root / "weights.pth", checkpoint)
-    write_label_schema(root, checkpoint["labels"])
+    LabelSchema.of(checkpoint["labels"]).write(root)
     export(root / "weights.pth", root / "export")
     ids = sorted(p.stem for p in (data.parent / "images").glob("*.jpg"))
     return root / "weights.pth", root / "export", mosaic(root, ids), checkpoint["labels"]

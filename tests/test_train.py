@@ -12,15 +12,15 @@ import torch
 import torchvision
 from click.testing import CliRunner
 
-from otxlite import OtxliteError
+import otxlite.engine.train
 from otxlite.cli import cli
-from otxlite.data import split_specs
-from otxlite.files import UMASK, load_checkpoint, read_json, save_checkpoint
-from otxlite.models import build_model, class_head_paths, model_from_checkpoint
-from otxlite.templates import find_templates, resolve_template
-from otxlite.loop import lr_schedule, moving_average, reestimate_batchnorm
-import otxlite.train
-from otxlite.train import train
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import UMASK, load_checkpoint, read_json, save_checkpoint
+from otxlite.data.specs import split_specs
+from otxlite.engine.loop import lr_schedule, moving_average, reestimate_batchnorm
+from otxlite.engine.train import train
+from otxlite.models.build import build_model, class_head_paths, model_from_checkpoint
+from otxlite.models.templates import find_templates, resolve_template
 
 TEMPLATE_IDS = sorted(t["id"] for t in find_templates("detection"))
 TWO_ITERATIONS = {"learning_parameters.num_iters": "2", "learning_parameters.batch_size": "2"}
@@ -251,7 +251,7 @@ def test_lr_schedule_warms_up_within_the_first_epoch_then_steps():
 def test_mobilenet_fpn_stages_are_chosen_by_returned_layers():
     """otxlite's builder with torchvision's stages is torchvision's model; stage 3 adds a stride-16 level (the
     default levels are both at stride 32), with anchors on every level; a stage out of range is a clear error."""
-    from otxlite.models import fasterrcnn_mobilenet_v3_large_fpn
+    from otxlite.models.build import fasterrcnn_mobilenet_v3_large_fpn
 
     ours = fasterrcnn_mobilenet_v3_large_fpn(4).state_dict()
     theirs = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(num_classes=4, weights_backbone=None)
@@ -259,7 +259,7 @@ def test_mobilenet_fpn_stages_are_chosen_by_returned_layers():
 
     template = resolve_template("fasterrcnn_mobilenet_v3_large_fpn")
     for stages, strides in (([4, 5], [32, 32, 64]), ([3, 4, 5], [16, 32, 32, 64])):
-        template["model"].update(architecture="otxlite.models:fasterrcnn_mobilenet_v3_large_fpn",
+        template["model"].update(architecture="otxlite.models.build:fasterrcnn_mobilenet_v3_large_fpn",
                                  kwargs={"min_size": 320, "max_size": 320, "returned_layers": stages})
         model = build_model(template, 3).eval()
         features = model.backbone(torch.zeros(1, 3, 320, 320))
@@ -290,8 +290,8 @@ def test_the_weight_average_warms_up_its_decay_and_follows_the_weights():
 def test_a_lucky_epoch_is_not_kept_and_weights_are_the_average(tiny_voc, small_template, tmp_path, monkeypatch):
     """val mAP@0.5 per epoch 0.1, 0.6 (lucky), 0.1, 0.35, 0.4, 0.38: the best mean of three ends at epoch 6."""
     figures = iter([0.1, 0.6, 0.1, 0.35, 0.4, 0.38])
-    coco_map = otxlite.train.coco_map
-    monkeypatch.setattr(otxlite.train, "coco_map", lambda *args: {**coco_map(*args), "map_50": next(figures)})
+    coco_map = otxlite.engine.train.coco_map
+    monkeypatch.setattr(otxlite.engine.train, "coco_map", lambda *args: {**coco_map(*args), "map_50": next(figures)})
     template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
     weights = train(template, split_specs(tiny_voc), tmp_path / "run", {"learning_parameters.num_iters": "6",
                     "ema.enable": "true"}, pretrained=False)
@@ -314,8 +314,8 @@ def test_a_lucky_epoch_is_not_kept_and_weights_are_the_average(tiny_voc, small_t
 
 def test_early_stopping_waits_for_its_share_of_the_schedule(tiny_voc, small_template, tmp_path, monkeypatch, caplog):
     figures = iter([0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1])
-    coco_map = otxlite.train.coco_map
-    monkeypatch.setattr(otxlite.train, "coco_map", lambda *args: {**coco_map(*args), "map_50": next(figures)})
+    coco_map = otxlite.engine.train.coco_map
+    monkeypatch.setattr(otxlite.engine.train, "coco_map", lambda *args: {**coco_map(*args), "map_50": next(figures)})
     template = resolve_template(str(small_template("ssdlite320_mobilenet_v3_large")))
     with caplog.at_level(logging.INFO, logger="otxlite"):
         train(template, split_specs(tiny_voc), tmp_path / "run", {

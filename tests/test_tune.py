@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from otxlite import OtxliteError
-from otxlite.batch_size import fastest, gpu_memory_share, largest_fitting
-from otxlite.data import read_data_yaml
-from otxlite.files import load_checkpoint
-from otxlite.templates import resolve_template
-from otxlite.tune import Search, search_space, tune
+from otxlite.core.errors import OtxliteError
+from otxlite.core.files import load_checkpoint
+from otxlite.data.specs import read_data_yaml
+from otxlite.engine.batch_size import fastest, gpu_memory_share, largest_fitting
+from otxlite.engine.tune import Search, search_space, tune
+from otxlite.models.templates import resolve_template
 
 TEMPLATE = "fasterrcnn_mobilenet_v3_large_320_fpn"
 LR = "learning_parameters.learning_rate"
@@ -120,7 +120,7 @@ def test_the_whole_search_space_is_checked_before_any_trial_from_params_and_from
 
 def test_a_range_in_a_params_file_narrows_the_search_as_after_params_and_train_refuses_it(tmp_path, tiny_voc,
                                                                                          otxlite):
-    from otxlite.templates import read_params_file
+    from otxlite.models.templates import read_params_file
 
     params_file = tmp_path / "ranges.yaml"
     params_file.write_text("learning_parameters:\n  learning_rate: {low: 0.001, high: 0.002, log: true}\n"
