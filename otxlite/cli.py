@@ -9,7 +9,7 @@ import click
 from otxlite import __version__
 from otxlite.api import AUGMENTATION, Engine
 from otxlite.api import find as find_templates
-from otxlite.core.errors import OtxliteError, setup_logging
+from otxlite.core.errors import ArgumentError, OtxliteError, setup_logging
 
 log = logging.getLogger("otxlite")
 PARAMS_HELP = "Hyper-parameters can be overridden after the word params: `... params --learning_parameters.batch_size 4`."
@@ -407,8 +407,13 @@ def serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, ma
     from otxlite.core.ray_cluster import ray_switch
 
     setup_logging()
-    ray = ray_switch(engine, "serve", replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
-                     max_queued_requests=max_queued_requests, address=ray_address)
+    try:
+        ray = ray_switch(engine, "serve", replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                         max_queued_requests=max_queued_requests, address=ray_address)
+    except ArgumentError as err:
+        if engine == "ray":
+            raise
+        raise click.UsageError(str(err)) from None  # Ray's flags without --engine ray: a usage error, with the usage
     click.echo(f"Serving {load_weights} on http://{host}:{port}/ (Ctrl-C or SIGTERM to stop)", err=True)
     Engine(device=device).serve(load_weights, host, port, threshold, max_batch_size, batch_wait_ms, max_queue,
                                 max_body_mb, ray=ray,

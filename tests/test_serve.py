@@ -220,7 +220,7 @@ def test_a_full_queue_answers_503_at_once_and_sigterm_finishes_the_requests_in_f
 def test_the_page_is_served_whole_with_no_outside_files(tmp_path):
     from importlib import resources
 
-    page = resources.files("otxlite").joinpath("serve_page.html").read_text()
+    page = resources.files("otxlite.serve").joinpath("serve_page.html").read_text()
     assert "http://" not in page and "https://" not in page and "<script src" not in page
 
 
