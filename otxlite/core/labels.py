@@ -30,17 +30,9 @@ class LabelSchema(dict):
         return self.get("task", "detection")
 
     @property
-    def labels(self):
-        return self["labels"]
-
-    @property
     def names(self):
         """The class names in id order."""
         return [label["name"] for label in self["labels"]]
-
-    @property
-    def ids(self):
-        return [label["id"] for label in self["labels"]]
 
     @property
     def name_of(self):

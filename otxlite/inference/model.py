@@ -105,7 +105,7 @@ class Model:
         self.path = Path(path)
         self.predictor = load_predictor(path, device, throughput=True)
         self.schema = self.predictor.schema
-        self.task = self.schema.get("task", "detection")
+        self.task = LabelSchema.of(self.schema).task
         self.names = LabelSchema.of(self.schema).names
         self.confidence_threshold = self.predictor.confidence_threshold
 

@@ -45,7 +45,7 @@ def predict_files(model_path, input_path, output, output_format=None, threshold=
         predictor = load_predictor(model_path, device, throughput=True)
         predicted_rows = partial(local_rows, predictor)
     threshold = confidence_threshold(threshold, predictor.confidence_threshold)
-    task = predictor.schema.get("task", "detection")
+    task = LabelSchema.of(predictor.schema).task
     writer = writers.open_writer(output, fmt, writers.run_record(model_path, threshold, input_path, task,
                                                   {name: i + 1 for i, name in enumerate(names)}), resume)
     todo = [i for i, name in enumerate(names) if name not in writer.done]
