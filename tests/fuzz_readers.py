@@ -5,7 +5,7 @@ Not collected by itself: tests/test_fuzz.py runs it in a process of its own."""
 import json
 import tempfile
 from pathlib import Path
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import yaml
@@ -178,4 +178,25 @@ def test_any_mask_png_as_instances(mode, width, height, seed):
             Image.fromarray(np.repeat(values[..., None], 3, axis=2).astype(np.uint8))
         picture.save(folder / "masks" / "a_mask.png")
         return SplitSpec("train", folder / "masks", folder, names={0: "thing"})
+    read_everything(write, masks=True)
+
+
+def cvat_xml(shapes):
+    """A CVAT for images 1.1 file over a.png holding shapes: (tag, label, attributes {name: text})."""
+    body = "".join(f"<{tag} label={quoteattr(label)} " + " ".join(f"{k}={quoteattr(v)}" for k, v in attributes.items())
+                   + "/>" for tag, label, attributes in shapes)
+    return (f"<annotations><meta><task><labels><label><name>cat</name></label></labels></task></meta>"
+            f"<image id='0' name='a.png' width='48' height='32'>{body}</image></annotations>").encode()
+
+
+@FUZZ
+@given(st.binary(max_size=300) | st.lists(st.tuples(
+    st.sampled_from(["box", "polygon", "tag", "polyline"]), st.sampled_from(["cat", "", " "]) | st.text(max_size=6),
+    st.dictionaries(st.sampled_from(["xtl", "ytl", "xbr", "ybr", "points", "group_id"]),
+                    numbers_as_text | st.lists(st.tuples(numbers_as_text, numbers_as_text), max_size=5).map(
+                        lambda pairs: ";".join(f"{x},{y}" for x, y in pairs)), max_size=6)), max_size=4).map(cvat_xml))
+def test_any_cvat_xml_as_instances(content):
+    def write(folder):
+        (folder / "annotations.xml").write_bytes(content)
+        return SplitSpec("train", folder / "annotations.xml", folder)
     read_everything(write, masks=True)

@@ -157,6 +157,13 @@ def test_ray_engine_predicts_as_the_local_engine_with_every_model_file(exported,
                                  "--output", tmp_path / f"{engine}-shards", "--threshold", "0.05", "--engine", engine)
         assert status == 0, err
     assert read_predictions(tmp_path / "ray-shards") == read_predictions(tmp_path / "local-shards")
+    picks = {}  # otxlite select ranks on the same rows, on either engine
+    for engine in ("local", "ray"):
+        status, _, err = otxlite("select", "--load-weights", exported[1] / "openvino.xml", "--input", tmp_path / "in",
+                                 "--budget", "3", "--output", tmp_path / f"{engine}-picks.txt", "--engine", engine)
+        assert status == 0, err
+        picks[engine] = (tmp_path / f"{engine}-picks.txt").read_text().splitlines()
+    assert picks["ray"] == picks["local"] and len(picks["local"]) == 3
 
 
 @FASTER_RCNN

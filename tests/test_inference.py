@@ -6,10 +6,12 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import weakref
 import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,11 +24,14 @@ from pycocotools.cocoeval import COCOeval
 from otxlite.api import Engine
 from otxlite.core.errors import OtxliteError
 from otxlite.core.labels import LabelSchema
-from otxlite.data.specs import split_specs
+from otxlite.core.files import read_json
+from otxlite.data.records import load_splits
+from otxlite.data.specs import read_data_yaml, split_specs
 from otxlite.engine.evaluate import evaluate
 from otxlite.export.deploy import deploy
 from otxlite.inference.demo import demo
 from otxlite.inference.predict import predict_files
+from otxlite.inference.select import MIN_SCORE, binary_entropy
 from otxlite.inference.backends import load_predictor
 
 MODEL_FILES = ("run/weights.pth", "export/model.onnx", "export/openvino.xml")
@@ -244,3 +249,90 @@ def test_deploy_pins_what_is_installed_and_names_what_is_not():
 
     assert pinned("numpy") == f"numpy=={np.__version__}"
     assert pinned("a-package-nobody-installed") == "a-package-nobody-installed"
+
+
+def assert_same_boxes(found, expected, tolerance):
+    """found and expected hold the same (file name, class, [x, y, w, h]), the boxes within tolerance px."""
+    assert len(found) == len(expected)
+    left = list(found)
+    for name, label, box in expected:
+        match = next((f for f in left if f[:2] == (name, label) and
+                      all(abs(a - b) <= tolerance for a, b in zip(f[2], box))), None)
+        assert match is not None, (name, label, box)
+        left.remove(match)
+
+
+@FASTER_RCNN
+def test_pre_annotations_in_every_format_read_back_as_the_same_boxes_and_train(exported, tmp_path, otxlite):
+    weights, _, data = exported
+    images = images_of(data)
+    predicted = json.loads(predict_files(weights, images, tmp_path / "results.json").read_text())
+    expected = [(r["file_name"], r["category_name"], r["bbox"]) for r in predicted]
+    assert expected
+    for fmt in ("coco", "voc", "yolo", "labelme", "cvat"):
+        output = tmp_path / fmt
+        status, _, err = otxlite("predict", "--load-weights", weights, "--input", images, "--output", output,
+                                 "--format", fmt)
+        assert status == 0, err
+        status, report, _ = otxlite("data", "check", "--data", output / "data.yaml")
+        assert status == 0, report
+        split = load_splits(read_data_yaml(output / "data.yaml"), task=None)[0]["train"]
+        read_back = [(s.image.name, c, [x1, y1, x2 - x1, y2 - y1])
+                     for s in split.samples for c, (x1, y1, x2, y2) in zip(s.classes, s.boxes)]
+        assert_same_boxes(read_back, expected, 0.02)
+        assert len(split.samples) == len(list(images.glob("*.jpg")))  # images without detections too
+    assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in (data.parent / "images").iterdir())
+
+    status, _, err = otxlite("predict", "--load-weights", weights, "--input", images, "--output", tmp_path / "voc",
+                             "--format", "voc")
+    assert status == 2 and "give a new or empty --output folder" in err
+    # the round trip a labeller takes: pre-annotations -> convert -> train, growing the same model
+    status, _, err = otxlite("data", "convert", "--data", tmp_path / "cvat" / "data.yaml", "--output",
+                             tmp_path / "converted")
+    assert status == 0, err
+    status, _, err = otxlite("train", "--data", tmp_path / "converted" / "data.yaml", "--val-data-roots", images,
+                             "--val-ann-files", images, "--load-weights", weights, "--output", tmp_path / "retrained",
+                             "params", "--learning_parameters.num_iters", "1")
+    assert status == 0, err
+    assert read_json(tmp_path / "retrained" / "label_schema.json")["labels"] == LabelSchema.read(weights)["labels"]
+
+
+@FASTER_RCNN
+def test_select_ranks_by_uncertainty_leaves_near_duplicates_for_later_and_writes_a_list_predict_reads(
+        exported, tmp_path, otxlite, caplog):
+    weights, _, data = exported
+    pool = tmp_path / "unlabelled folder"
+    shutil.copytree(images_of(data), pool, ignore=shutil.ignore_patterns("*.xml"))
+    predicted = json.loads(predict_files(weights, pool, tmp_path / "all.json", threshold=MIN_SCORE).read_text())
+    entropy = {p.name: 0.0 for p in pool.glob("*.jpg")}
+    for record in predicted:
+        entropy[record["file_name"]] += binary_entropy(record["score"])
+    by_score = sorted(entropy, key=lambda name: -entropy[name])
+    with Image.open(pool / by_score[0]) as top:  # a near-duplicate of the most uncertain image: shifted, re-saved
+        top.crop((3, 2, top.width, top.height)).resize(top.size).save(pool / "zz_again.jpg", quality=80)
+    (pool / "broken.jpg").write_bytes(b"not a jpeg")
+
+    status, out, err = otxlite("select", "--load-weights", weights, "--input", pool, "--budget", "2", "--output",
+                               tmp_path / "picks.txt")
+    assert status == 0, err
+    picks = (tmp_path / "picks.txt").read_text().splitlines()
+    assert [Path(line).name for line in picks] == by_score[:2]
+    assert all((tmp_path / line).is_file() for line in picks)  # relative to the list's folder
+    assert "broken.jpg: unreadable image" in err and "Skipped 1 unreadable image(s) of 6" in err
+
+    with caplog.at_level(logging.WARNING, logger="otxlite"):
+        picked = Engine().select(pool, 10, tmp_path / "all.txt", weights)
+    assert "--budget 10 is more than the 6 images" in caplog.text
+    assert [path.name for path, _ in picked] == by_score + ["zz_again.jpg"]  # the duplicate waits for the others
+    assert [score for _, score in picked][:4] == pytest.approx([entropy[name] for name in by_score], abs=1e-4)
+    # the picks are a list of images the next stages read
+    assert predict_files(weights, tmp_path / "picks.txt", tmp_path / "picked.json").exists()
+
+    status, _, err = otxlite("select", "--load-weights", weights, "--input", tmp_path / "empty", "--budget", "2")
+    assert status == 2 and "empty: not found" in err
+    (tmp_path / "empty").mkdir()
+    status, _, err = otxlite("select", "--load-weights", weights, "--input", tmp_path / "empty", "--budget", "2")
+    assert status == 2 and "empty: no images" in err
+    status, _, err = otxlite("select", "--load-weights", weights, "--input", pool, "--budget", "2", "--output",
+                             pool / "picks.txt")
+    assert status == 2 and "never writes over its inputs" in err

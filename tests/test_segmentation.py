@@ -514,3 +514,29 @@ def test_eval_of_a_mask_model_on_boxes_without_masks_is_refused(fitted_segmenter
                                                         "test": "images", "names": names}))
     status, _, err = otxlite("eval", "--load-weights", weights, "--data", tmp_path / "data.yaml")
     assert status == 2 and "have a box but no mask" in err and "mask mAP would mean nothing" in err, err
+
+
+def test_mask_pre_annotations_are_polygons_that_every_format_reads_back_as_the_predicted_masks(
+        fitted_segmenter, tmp_path, otxlite):
+    root, weights = fitted_segmenter
+    predicted = json.loads(predict_files(weights, root / "images", tmp_path / "results.json",
+                                         threshold=0.05).read_text())
+    assert predicted
+    expected = {}
+    for record in predicted:
+        expected.setdefault(record["file_name"], []).append(coco_mask.decode(record["segmentation"]))
+    for fmt in ("coco", "yolo", "labelme", "cvat"):
+        status, _, err = otxlite("predict", "--load-weights", weights, "--input", root / "images", "--output",
+                                 tmp_path / fmt, "--format", fmt, "--threshold", "0.05")
+        assert status == 0, err
+        status, report, _ = otxlite("data", "check", "--data", tmp_path / fmt / "data.yaml")
+        assert status == 0 and "instance" in report, report
+        splits, _ = load_splits(read_data_yaml(tmp_path / fmt / "data.yaml"), task="instance_segmentation")
+        for sample in splits["train"].samples:
+            masks = [shape.rle(sample.width, sample.height) for shape in sample.shapes]
+            wanted = expected.get(sample.image.name, [])
+            assert len(masks) == len(wanted), fmt
+            for mask, truth in zip(masks, wanted):
+                if truth.sum() >= 100:  # a mask too thin to outline comes as its box
+                    truth = coco_mask.encode(np.asfortranarray(truth))
+                    assert coco_mask.iou([mask], [truth], [0])[0][0] > 0.8, fmt

@@ -129,30 +129,52 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_voc, small_templa
     assert again.returncode == 2 and "already finished after 4 epochs" in again.stderr
 
 
-def test_load_weights_keeps_everything_for_the_same_classes_and_resets_the_head_otherwise(
-        tiny_voc, small_template, tmp_path):
+def test_load_weights_keeps_everything_for_the_same_classes_and_grows_a_model_by_new_classes(
+        tiny_voc, small_template, tmp_path, caplog, otxlite):
     template = resolve_template(str(small_template("fasterrcnn_mobilenet_v3_large_320_fpn")))
+    frozen = {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}
     first = train(template, split_specs(tiny_voc), tmp_path / "first", TWO_ITERATIONS, pretrained=False)
     trained = torch.load(first, weights_only=True)["model"]
-
-    same = torch.load(train(template, split_specs(tiny_voc), tmp_path / "same",
-                            {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}, load_weights=first),
+    same = torch.load(train(template, split_specs(tiny_voc), tmp_path / "same", frozen, load_weights=first),
                       weights_only=True)["model"]
     for name, tensor in trained.items():
         if not name.endswith(("running_mean", "running_var", "num_batches_tracked")):  # BN statistics still update
             assert torch.equal(tensor, same[name]), name
 
-    two_classes = tmp_path / "two_classes"
+    # an older model of other classes, in another order: RBC, WBC and one the data lacks
+    old = tmp_path / "old" / "weights.pth"
     checkpoint = torch.load(first, weights_only=True)
-    checkpoint["labels"]["labels"] = checkpoint["labels"]["labels"][:2]
-    model = build_model(checkpoint["template"], 2)
-    head = class_head_paths(model)[0]
-    checkpoint["model"] = {k: v for k, v in model.state_dict().items()}
-    save_checkpoint(two_classes, checkpoint)
-    changed = torch.load(train(template, split_specs(tiny_voc), tmp_path / "changed",
-                               {**TWO_ITERATIONS, "learning_parameters.learning_rate": "0"}, load_weights=two_classes),
-                         weights_only=True)["model"]
-    assert changed[f"{head}.cls_score.weight"].shape[0] == 4  # background + 3 classes of the data
+    old_labels = [{"id": 1, "name": "RBC", "color": "#123456"}, {"id": 2, "name": "WBC", "color": "#abcdef"},
+                  {"id": 3, "name": "Eosinophil", "color": "#00ff00"}]
+    checkpoint["labels"] = {"task": "detection", "labels": old_labels}
+    torch.manual_seed(1)
+    checkpoint["model"] = build_model(checkpoint["template"], 3).state_dict()
+    save_checkpoint(old, checkpoint)
+    with caplog.at_level(logging.INFO, logger="otxlite"):
+        grown_run = train(template, split_specs(tiny_voc), tmp_path / "grown", frozen, load_weights=old)
+    grown = torch.load(grown_run, weights_only=True)["model"]
+    schema = read_json(tmp_path / "grown" / "label_schema.json")
+    assert schema["labels"][:3] == old_labels  # ids, names and colours kept
+    assert [label["name"] for label in schema["labels"]] == ["RBC", "WBC", "Eosinophil", "Platelets"]
+    assert schema["labels"][3]["id"] == 4 and schema["labels"][3]["color"] not in {"#123456", "#abcdef", "#00ff00"}
+    assert schema["grown_from"] == {"model": str(old), "classes": ["RBC", "WBC", "Eosinophil"], "added": ["Platelets"]}
+    assert "Eosinophil, which" in caplog.text and "kept, with its id" in caplog.text
+    head = class_head_paths(build_model(template, 4))[0]
+    scores, boxes = grown[f"{head}.cls_score.weight"], grown[f"{head}.bbox_pred.weight"]
+    assert scores.shape[0] == boxes.shape[0] // 4 == 5  # background + 4 classes
+    assert torch.equal(scores[:4], checkpoint["model"][f"{head}.cls_score.weight"])  # the old rows, unchanged at lr 0
+    assert torch.equal(boxes[:16], checkpoint["model"][f"{head}.bbox_pred.weight"])
+    assert not torch.equal(scores[4], scores[3])
+    assert load_checkpoint(grown_run)["labels"] == schema  # the model and its schema agree
+
+    # a data.yaml naming its classes in an order that gives an old id to another class
+    renumbered = tmp_path / "renumbered.yaml"
+    renumbered.write_text(tiny_voc.read_text().replace("data:", "names: [WBC, RBC, Platelets]\ndata:", 1)
+                          .replace("train/", f"{tiny_voc.parent}/train/").replace("val/", f"{tiny_voc.parent}/val/"))
+    status, _, err = otxlite("train", template["path"], "--data", renumbered, "--load-weights", old, "--output",
+                             tmp_path / "refused", "--no-pretrained")
+    assert status == 2 and "Traceback" not in err
+    assert "data.yaml's names lists 'WBC' as class 1, but class 1 of the model it grows is 'RBC'" in err
 
 
 def test_batchnorm_statistics_become_the_average_over_the_first_training_images():

@@ -4,7 +4,7 @@ label_schema.json holds them. Made, read, written and checked here only."""
 import colorsys
 from pathlib import Path
 
-from otxlite.core.errors import ModelFileError
+from otxlite.core.errors import DataError, ModelFileError
 from otxlite.core.files import LABEL_SCHEMA, read_json, write_json
 
 
@@ -48,6 +48,32 @@ class LabelSchema(dict):
     def colors(self):
         """{id: "#rrggbb"}."""
         return {label["id"]: label["color"] for label in self["labels"]}
+
+    def check_ids(self, declared, declared_by):
+        """declared: class names whose order gives their ids (position i is id i + 1), as declared_by (a COCO file's
+        categories, data.yaml's names) lists them. An id of this schema that names another class there is an error
+        naming both."""
+        for index, name in enumerate(declared):
+            old = self.name_of.get(index + 1)
+            if old is not None and old != name:
+                raise DataError(f"{declared_by} lists '{name}' as class {index + 1}, but class {index + 1} of the "
+                                f"model it grows is '{old}'. Keep the model's classes first, in its order "
+                                f"({self.listing()}), with new classes after them; or rename the class.")
+
+    def grown(self, class_names, source):
+        """(schema, added): this schema with the classes of class_names it lacks appended, with the ids after its last
+        and colours of their own; its classes keep their ids, names and colours, and `grown_from` records the merge
+        (source: the model grown, its classes, the classes added)."""
+        added = [name for name in class_names if name not in self.id_of]
+        last = max((label["id"] for label in self["labels"]), default=0)
+        labels = [dict(label) for label in self["labels"]] + [
+            {"id": last + 1 + i, "name": name, "color": label_color(last + i)} for i, name in enumerate(added)]
+        grown_from = {"model": str(source), "classes": self.names, "added": added}
+        return LabelSchema(self, labels=labels, grown_from=grown_from), added
+
+    def listing(self):
+        """'1 WBC, 2 RBC': the ids and names, for messages."""
+        return ", ".join(f"{label['id']} {label['name']}" for label in self["labels"])
 
     def write(self, folder):
         """label_schema.json in folder."""

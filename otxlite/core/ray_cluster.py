@@ -1,4 +1,4 @@
-"""The Ray switch: where train, predict, serve and tune run. In this process (engine "local", the value None), or on
+"""The Ray switch: where train, predict, select, serve and tune run. In this process (engine "local", the value None), or on
 Ray (an OnRay value: workers, replicas or a cluster's address). `ray_switch` checks the choice and the options that
 go with it, in one place for every command; `init_ray` joins the cluster at the address, or else starts a local Ray
 instance of otxlite's own, never one that another program left running on the machine."""
@@ -13,6 +13,7 @@ ENGINES = ("local", "ray")
 LOCAL_MESSAGES = {
     "train": "--workers and --ray-address are for --engine ray; train locally with --devices N.",
     "predict": "--workers, --gpus-per-worker and --ray-address go with --engine ray.",
+    "select": "--workers, --gpus-per-worker and --ray-address go with --engine ray.",
     "serve": "--replicas, --min-replicas, --max-replicas, --max-queued-requests and --ray-address go with "
              "--engine ray.",
     "tune": "--ray-address is for --engine ray.",
@@ -38,7 +39,7 @@ class OnRay:
 
 
 def ray_switch(engine, command, devices=1, **options):
-    """None to run command (train, predict, serve or tune) in this process, or the OnRay of its options (OnRay's
+    """None to run command (train, predict, select, serve or tune) in this process, or the OnRay of its options (OnRay's
     fields; None or 0 when not given) for engine "ray". devices: train's local processes, which Ray counts as
     workers instead."""
     if engine not in ENGINES:

@@ -11,7 +11,7 @@ from otxlite.core.labels import LabelSchema
 from otxlite.data.formats import EmbeddedImage
 from otxlite.data.formats.base import IMAGE_SUFFIXES, open_image
 from otxlite.data.formats.shapes import Polygons, as_text
-from otxlite.data.records import load_split, load_splits
+from otxlite.data.records import declared_classes, load_split, load_splits
 from otxlite.data.specs import SplitSpec, write_data_yaml
 
 log = logging.getLogger("otxlite")
@@ -21,13 +21,16 @@ def convert_to_coco(specs, output):
     """OUTPUT/annotations/<split>.json, OUTPUT/images/<split>/ and OUTPUT/data.yaml over them.
 
     Boxes are written as otxlite trains on them: clipped to the image, zero-area and duplicate boxes dropped
-    (each said in a warning). Instances with a mask (polygons, RLE, mask image) get `segmentation`: polygons
+    (each said in a warning). The classes train declares (COCO categories, CVAT labels, data.yaml names) are all
+    kept, in their order, used or not. Instances with a mask (polygons, RLE, mask image) get `segmentation`: polygons
     as polygons, the others as compressed RLE; one whose shape cannot be a mask is dropped (a warning). Category
     ids follow the label schema, so the label order survives the trip.
     """
     output = Path(output)
     if "train" in specs:
         splits, schema = load_splits(specs, task=None)
+        declared = declared_classes(specs["train"], splits["train"]) or []  # kept whole: their ids survive
+        schema = LabelSchema.of_classes(declared + [c for c in LabelSchema.of(schema).names if c not in declared])
     else:
         splits = {name: load_split(spec, masks=None) for name, spec in specs.items()}
         schema = LabelSchema.of_classes(list(dict.fromkeys(c for s in splits.values() for c in s.class_order)))

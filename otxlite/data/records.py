@@ -206,13 +206,14 @@ def declared_classes(spec, split):
     return list(spec.names.values()) if spec.names else split.declared
 
 
-def load_splits(specs, schema=None, task="detection"):
+def load_splits(specs, schema=None, task="detection", grow=None):
     """Load every split for task (a name in tasks.TASKS, or None: any task, shapes checked where given); the
     label schema comes from train unless one is given (e.g. by a model).
 
     When train declares its classes (data.yaml `names`, COCO categories), classes that only val or test hold are
     kept, in the declared order, with a warning that the model cannot learn them; otherwise such a class is an
-    error.
+    error. grow: (the LabelSchema of a model, its path) whose classes the schema keeps, with their ids and colours,
+    adding the data's new classes after them (class-incremental training); its classes may be in any split.
     """
     masks = TASKS[task].masks if task else None
     splits = {}
@@ -223,6 +224,10 @@ def load_splits(specs, schema=None, task="detection"):
             raise DataError(f"{specs['train'].ann_files}: the training split has no boxes.")
         declared = declared_classes(specs["train"], train)
         known = declared or train.class_order
+        if grow:
+            if declared:
+                grow[0].check_ids(declared, "data.yaml's names" if specs["train"].names else specs["train"].ann_files)
+            known = known + [c for c in grow[0].names if c not in known]
     else:
         known = label_names(schema)
     for name, spec in specs.items():
@@ -231,9 +236,27 @@ def load_splits(specs, schema=None, task="detection"):
     if schema is None:
         present = {c for split in splits.values() for s in split.samples for c in s.classes}
         order = [c for c in known if c in present and (c in train.class_order or declared)]
+        if grow:
+            return splits, grown_schema(grow, order, train.class_order, task or grow[0].task)
         unlearned = [c for c in order if c not in train.class_order]
         if unlearned:
             log.warning("Classes in val or test but not in the training split, kept as train declares them; "
                         "the model cannot learn them: %s", ", ".join(unlearned))
         schema = LabelSchema.of_classes(order, task or "detection")
     return splits, schema
+
+
+def grown_schema(grow, order, trained, task):
+    """The schema of a model (grow: its LabelSchema and path) grown by the data's classes (order) for task; the
+    model's classes that the training split lacks are kept, with a warning."""
+    old, source = grow
+    schema, added = old.grown(order, source)
+    schema["task"] = task
+    lacking = [c for c in old.names if c not in trained]
+    log.info("Growing %s (%s): %s.", source, ", ".join(old.names),
+             f"new classes {', '.join(added)}" if added else "no new classes")
+    if lacking:
+        log.warning("The training split has no boxes of %s, which %s knows: kept, with its id, but nothing here "
+                    "teaches it and it may be forgotten. Add images where it is labelled.", ", ".join(lacking),
+                    source)
+    return schema

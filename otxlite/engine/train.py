@@ -36,7 +36,7 @@ from otxlite.engine.loop import (
 from otxlite.inference.backends import TorchPredictor, pick_device, predict
 from otxlite.models import tiling
 from otxlite.models.anchors import fit_anchors, warn_small_objects
-from otxlite.models.build import InputSize, build_model, load_state
+from otxlite.models.build import InputSize, build_model, grown_class_heads, load_state
 from otxlite.models.templates import apply_overrides, flatten, recipe
 
 log = logging.getLogger("otxlite")
@@ -44,7 +44,7 @@ FEW_VAL_OBJECTS = 100  # below this, train warns that one epoch's val figure is 
 
 
 def train(template, specs, output, overrides=None, pretrained=True, load_weights=None, device="auto",
-          seed=0, resume=False, val_split=None, devices=1, ray=None, report=None):
+          seed=0, resume=False, val_split=None, devices=1, ray=None, report=None, new_head=False):
     """Train template on the train split, validating on val each epoch; returns the weights.pth path.
 
     output receives weights.pth (best epoch), label_schema.json, checkpoints/last.pth (for --resume),
@@ -54,6 +54,9 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     its workers (default 1) Ray Train workers on the cluster at its address. Under torchrun, each process calls train with
     devices 1 and joins torchrun's process group. report(figures, folder), in a run of one process, receives each
     epoch's figures (`otxlite tune` stops trials from it).
+    load_weights, an otxlite weights.pth, is grown (class-incremental): its classes keep their ids, colours and
+    head rows, and the data's new classes are added after them. With new_head, its class head is dropped instead
+    and a new one trains on the data's classes alone.
     """
     output = Path(output)
     if val_split is not None:
@@ -62,7 +65,7 @@ def train(template, specs, output, overrides=None, pretrained=True, load_weights
     if ray is not None:  # its workers may run in another working directory
         output, specs = output.absolute(), {name: spec.absolute() for name, spec in specs.items()}
         load_weights = load_weights and Path(load_weights).absolute()
-    arguments = (template, specs, output, overrides, pretrained, load_weights, device, seed, resume)
+    arguments = (template, specs, output, overrides, pretrained, load_weights, device, seed, resume, new_head)
     workers = ray.workers or 1 if ray is not None else devices
     if ray is not None or devices > 1:
         check_before_launch(template, overrides, workers, ray is not None, resume, output,
@@ -89,15 +92,16 @@ def check_before_launch(template, overrides, devices, on_ray, resume, output, fr
                            f"(--batch-size N: each process takes N images).")
 
 
-def train_process(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report=None):
+def train_process(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, new_head,
+                  report=None):
     """Training as one process runs it: all of it when alone, one rank's part in a process group.
     report(figures, folder), when given, receives each epoch's figures and the checkpoint folder (Ray Train)."""
     with distributed.process_group(pick_device(device)) as device:
         with log_file(output / "logs" / "train.log") if distributed.is_main() else contextlib.nullcontext():
-            run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report)
+            run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, new_head, report)
 
 
-def run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, report):
+def run(template, specs, output, overrides, pretrained, load_weights, device, seed, resume, new_head, report):
     """One process's training, in steps: the run's recipe, its data, its model, the loaders and the optimizer (or
     the resumed ones), then the epochs, each validated and checkpointed, then the tuned confidence threshold."""
     rank, world_size, main = distributed.rank(), distributed.world_size(), distributed.is_main()
@@ -107,7 +111,8 @@ def run(template, specs, output, overrides, pretrained, load_weights, device, se
     params = template["hyper_parameters"]["learning_parameters"]
     settings = template["hyper_parameters"]["distributed"]
     task = task_of(template)
-    splits, schema, val_objects = training_data(specs, task, params, state, output)
+    grow = None if new_head else grown_model(load_weights, state)
+    splits, schema, val_objects = training_data(specs, task, params, state, output, grow)
     window = min(params["best_epoch_window"], params["num_iters"])  # epochs whose mean val picks the best
     model, template, train_samples = model_for_data(template, splits, schema, pretrained, load_weights, seed, state)
     model.to(device)
@@ -215,14 +220,29 @@ def run_recipe(template, overrides, pretrained, load_weights, state, last_path):
     return apply_overrides(template, overrides or {}), pretrained, reference_batch
 
 
-def training_data(specs, task, params, state, output):
-    """(splits, label schema, val objects): train and val loaded for task, the label schema written, and the
-    warnings about a val split too small to pick the best epoch (without objects, early stopping is off)."""
+def grown_model(load_weights, state):
+    """(label schema, path) of the model whose classes training keeps and grows: load_weights when it is an otxlite
+    weights.pth, or the model a resumed run grows; None when there is none."""
+    if state is not None:
+        source = state["labels"].get("grown_from", {}).get("model")
+        return (LabelSchema.of(state["labels"]), source) if source else None
+    checkpoint = read_torch_file(load_weights) if load_weights else None
+    if isinstance(checkpoint, dict) and "format_version" in checkpoint:
+        return LabelSchema.of(checkpoint["labels"]), load_weights
+    return None
+
+
+def training_data(specs, task, params, state, output, grow):
+    """(splits, label schema, val objects): train and val loaded for task (growing the classes of grow, see
+    grown_model), the label schema written, and the warnings about a val split too small to pick the best epoch
+    (without objects, early stopping is off)."""
     require_splits(specs, "train", "val")
-    splits, schema = load_splits(specs, task=task.name)
-    if state is not None and label_names(schema) != label_names(state["labels"]):
-        raise OtxliteError(f"The data's classes {label_names(schema)} differ from the resumed run's "
-                           f"{label_names(state['labels'])}. Resume with the same data.")
+    splits, schema = load_splits(specs, task=task.name, grow=grow)
+    if state is not None:
+        if label_names(schema) != label_names(state["labels"]):
+            raise OtxliteError(f"The data's classes {label_names(schema)} differ from the resumed run's "
+                               f"{label_names(state['labels'])}. Resume with the same data.")
+        schema = LabelSchema.of(state["labels"])  # with the run's own record of a merge
     if distributed.is_main():
         LabelSchema.of(schema).write(output)
     for name in ("train", "val"):
@@ -307,18 +327,22 @@ def with_anchors_of(template, path):
 def start_from(model, path, schema):
     """Initialise from an otxlite weights.pth, or from a plain torchvision state_dict file.
 
-    The class head is kept only when the classes are the same.
+    When schema grows the weights.pth's classes, each keeps its class-head rows and new classes start fresh;
+    otherwise (a new head, a state_dict) the class head starts fresh.
     """
     checkpoint = read_torch_file(path)
     if isinstance(checkpoint, dict) and "format_version" in checkpoint:
-        same_classes = label_names(checkpoint["labels"]) == label_names(schema)
-        state_dict = checkpoint["model"]
+        old = label_names(checkpoint["labels"])
+        grows = label_names(schema)[:len(old)] == old
+        state_dict = grown_class_heads(checkpoint["model"], model, len(old)) if grows else checkpoint["model"]
     elif isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        same_classes, state_dict = False, checkpoint
+        grows, old, state_dict = False, [], checkpoint
     else:
         raise OtxliteError(f"--load-weights {path}: neither an otxlite weights.pth nor a state_dict.")
-    load_state(model, state_dict, path, keep_class_head=same_classes)
-    log.info("Started from %s (%s)", path, "all weights" if same_classes else "class head re-initialised")
+    load_state(model, state_dict, path, keep_class_head=grows)
+    added = len(label_names(schema)) - len(old)
+    log.info("Started from %s (%s)", path, "class head re-initialised" if not grows else "all weights" if not added
+             else f"all weights; class-head rows for {added} new class(es) initialised fresh")
 
 
 def should_stop(params, epoch, best):

@@ -32,27 +32,16 @@ def predict_files(model_path, input_path, output, output_format=None, threshold=
     fmt = writers.output_format(output, output_format)
     files, root = image_files(input_path)
     names = [file_name(path, root) for path in files]
-    if ray is not None:
-        try:
-            from otxlite.inference.predict_ray import RayPredictor
-        except ModuleNotFoundError as err:
-            if not (err.name or "").startswith(("ray", "pyarrow")):
-                raise
-            raise OtxliteError("--engine ray needs Ray Data: pip install 'otxlite[ray]'.") from None
-        predictor = RayPredictor(model_path, device, ray)
-        predicted_rows = predictor.rows
-    else:
-        predictor = load_predictor(model_path, device, throughput=True)
-        predicted_rows = partial(local_rows, predictor)
+    predictor, predicted_rows = row_source(model_path, device, ray)
     threshold = confidence_threshold(threshold, predictor.confidence_threshold)
-    task = LabelSchema.of(predictor.schema).task
-    writer = writers.open_writer(output, fmt, writers.run_record(model_path, threshold, input_path, task,
-                                                  {name: i + 1 for i, name in enumerate(names)}), resume)
+    schema = LabelSchema.of(predictor.schema)
+    writer = writers.open_writer(output, fmt, writers.run_record(model_path, threshold, input_path, schema,
+                                                  {name: i + 1 for i, name in enumerate(names)}, root), resume)
     todo = [i for i, name in enumerate(names) if name not in writer.done]
     if writer.done:
         log.info("%s holds %d of the %d images; predicting the other %d.", output, len(files) - len(todo), len(files),
                  len(todo))
-    labels = LabelSchema.of(predictor.schema).name_of
+    labels = schema.name_of
     paths = dict(zip(names, files))
     started, skipped = time.perf_counter(), 0
     with tqdm(total=len(todo), unit="image", disable=None) as progress:
@@ -75,6 +64,22 @@ def predict_files(model_path, input_path, output, output_format=None, threshold=
     log.info("%d images, %d detections scoring above %g, %.1f images/s -> %s", len(todo), detections, threshold,
              len(todo) / seconds if seconds else 0, output)
     return Path(output)
+
+
+def row_source(model_path, device, ray):
+    """(predictor, rows): the model loaded in this process, or on Ray Data with ray (an OnRay), and
+    rows(files, names, threshold, labels, batch_size), which yields its image_row/skipped_row lists batch by batch."""
+    if ray is None:
+        predictor = load_predictor(model_path, device, throughput=True)
+        return predictor, partial(local_rows, predictor)
+    try:
+        from otxlite.inference.predict_ray import RayPredictor
+    except ModuleNotFoundError as err:
+        if not (err.name or "").startswith(("ray", "pyarrow")):
+            raise
+        raise OtxliteError("--engine ray needs Ray Data: pip install 'otxlite[ray]'.") from None
+    predictor = RayPredictor(model_path, device, ray)
+    return predictor, predictor.rows
 
 
 def local_rows(predictor, files, names, threshold, labels, batch_size):

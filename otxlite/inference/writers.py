@@ -14,10 +14,12 @@ from pathlib import Path
 from otxlite.core.errors import ArgumentError, OtxliteError
 from otxlite.core.files import make_folder, output_file, read_json, write_atomic, write_json
 from otxlite.core.thresholds import kept
+from otxlite.inference.annotations import FORMATS as ANNOTATION_FORMATS
+from otxlite.inference.annotations import AnnotationFolder
 
 log = logging.getLogger("otxlite")
 CSV_COLUMNS = ("file_name", "category_id", "category_name", "score", "xmin", "ymin", "xmax", "ymax")
-FORMATS = ("json", "csv", "parquet")
+FORMATS = ("json", "csv", "parquet", *ANNOTATION_FORMATS)  # the last: pre-annotations, see annotations.py
 RUN_FILE = "_otxlite_predict.json"  # in a Parquet folder: what made it (readers skip names starting with _)
 SHARD_SECONDS = 5  # a Parquet shard is written at least this often while images are predicted...
 SHARD_IMAGES = 1000  # ...and holds at most this many images
@@ -83,8 +85,10 @@ def open_writer(output, fmt, run, resume=False):
     if fmt == "parquet":
         return ParquetShards(output, run, resume)
     if resume:
-        raise ArgumentError("--resume continues a Parquet output folder (e.g. --output predictions/); JSON and CSV "
-                            "are written once, at the end.")
+        raise ArgumentError("--resume continues a Parquet output folder (e.g. --output predictions/); JSON, CSV "
+                            "and annotation files are written once, at the end.")
+    if fmt in ANNOTATION_FORMATS:
+        return AnnotationFolder(output, fmt, run)
     return ResultsFile(output_file(output), fmt, run["file_ids"])
 
 
@@ -199,8 +203,8 @@ def read_predictions(folder):
     return sorted((row for shard in shards for row in pq.read_table(shard).to_pylist()), key=lambda r: r["file_name"])
 
 
-def run_record(model, threshold, input_path, task, file_ids):
-    """What a writer needs to know of the run."""
-    return {"model": str(Path(model).resolve()), "threshold": threshold, "input": str(input_path), "task": task,
-            "file_ids": file_ids}
+def run_record(model, threshold, input_path, schema, file_ids, root):
+    """What a writer needs to know of the run: root is the folder file_ids' names are relative to."""
+    return {"model": str(Path(model).resolve()), "threshold": threshold, "input": str(input_path),
+            "task": schema.task, "schema": schema, "file_ids": file_ids, "root": str(root)}
 

@@ -286,6 +286,30 @@ def load_state(model, state_dict, source, keep_class_head=True):
         )
 
 
+def grown_class_heads(state_dict, model, old_classes):
+    """state_dict (of a model of old_classes classes) with its class heads widened to model's classes, which are
+    the old ones followed by new ones: each old class keeps its rows (its score, and for Faster R-CNN its box
+    regression) in every head, and the new classes' rows keep model's fresh initialisation."""
+    heads = tuple(f"{path}." for path in class_head_paths(model))
+    own, grown = model.state_dict(), dict(state_dict)
+    old_count = old_classes + 1  # with the background
+    for key, old in state_dict.items():
+        fresh = own.get(key)
+        if not key.startswith(heads) or fresh is None or fresh.shape == old.shape or old.dim() == 0:
+            continue
+        groups = old.shape[0] // old_count  # anchors a location (a score per class each), or 4 box coordinates
+        if not groups or old.shape[0] % old_count or fresh.shape[0] % groups or fresh.shape[1:] != old.shape[1:]:
+            continue  # not a per-class layout: load_state names it
+        new_count = fresh.shape[0] // groups
+        wider = fresh.clone()
+        if key.rsplit(".", 2)[-2] == "bbox_pred":  # Faster R-CNN: class-major, 4 coordinates each
+            wider.view(new_count, groups, *old.shape[1:])[:old_count] = old.view(old_count, groups, *old.shape[1:])
+        else:  # RetinaNet, SSD, FCOS, Mask R-CNN: anchor-major, a score per class each
+            wider.view(groups, new_count, *old.shape[1:])[:, :old_count] = old.view(groups, old_count, *old.shape[1:])
+        grown[key] = wider
+    return grown
+
+
 def model_from_checkpoint(checkpoint, source):
     """The detector stored in an otxlite checkpoint, in eval mode: quantized (with NNCF's fake quantizers) when
     it is a weights_int8.pth of quantization-aware training."""

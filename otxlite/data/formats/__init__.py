@@ -2,6 +2,7 @@
 
 from otxlite.data.formats.base import DataError, EmbeddedImage, Sample, Split, SplitSpec
 from otxlite.data.formats.coco import load_coco
+from otxlite.data.formats.cvat import load_cvat
 from otxlite.data.formats.labelme import load_labelme
 from otxlite.data.formats.masks import load_masks
 from otxlite.data.formats.tables import load_csv, load_dataframe, load_hf
@@ -9,7 +10,7 @@ from otxlite.data.formats.voc import load_voc
 from otxlite.data.formats.yolo import load_yolo
 
 FORMATS = {"coco": load_coco, "voc": load_voc, "yolo": load_yolo, "csv": load_csv, "dataframe": load_dataframe,
-           "hf": load_hf, "masks": load_masks, "labelme": load_labelme}
+           "hf": load_hf, "masks": load_masks, "labelme": load_labelme, "cvat": load_cvat}
 HF_FOLDER_FILES = ("dataset_dict.json", "dataset_info.json", "state.json")
 
 __all__ = ["FORMATS", "DataError", "EmbeddedImage", "Sample", "Split", "SplitSpec", "detect_format", "read_split"]
@@ -31,7 +32,8 @@ def detect_format(spec):
     suffix = path.suffix.lower()
     if path.is_file():
         by_suffix = {".json": "coco", ".csv": "csv", ".tsv": "csv", ".pkl": "dataframe", ".pickle": "dataframe",
-                     ".parquet": parquet_format(path), ".txt": "voc" if path.parent.name == "Main" else "yolo"}
+                     ".parquet": parquet_format(path), ".txt": "voc" if path.parent.name == "Main" else "yolo",
+                     ".xml": "cvat"}
         if suffix in by_suffix:
             return by_suffix[suffix]
     elif not any(path.iterdir()):
@@ -48,7 +50,7 @@ def detect_format(spec):
         return "labelme"
     elif spec.data_roots and any(path.glob("*.png")):
         return "masks"
-    raise DataError(f"{path}: cannot tell the annotation format of split '{spec.name}'. Give a COCO .json, a VOC "
+    raise DataError(f"{path}: cannot tell the annotation format of split '{spec.name}'. Give a COCO .json, a CVAT .xml, a VOC "
                     f"folder, YOLO labels, a folder of Labelme .json files, a folder of instance mask PNGs (with "
                     f"data-roots), a .csv, a DataFrame (.pkl/.parquet) or a Hugging Face dataset folder, "
                     f"or set 'format:' ({', '.join(FORMATS)}).")

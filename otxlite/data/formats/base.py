@@ -5,6 +5,7 @@ import logging
 import math
 import threading
 import warnings
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
@@ -191,6 +192,18 @@ class Split:
     declared: list | None = None  # every class the file declares, used or not (COCO categories)
     orphans: list = field(default_factory=list)  # annotation files (labels, masks) whose image is not there
     unlabelled: int = 0  # images without an annotation file of their own (read as background)
+
+
+def read_xml(path, missing):
+    """The root element of the XML file at path, or a DataError naming it; missing: what a missing file means."""
+    try:
+        return ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except ET.ParseError as err:
+        raise DataError(f"{path}: unreadable XML ({err}). Fix or remove the file.") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read the annotation file ({err.strerror or err}).") from None
 
 
 def parse_box(values, record):

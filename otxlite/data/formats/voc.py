@@ -1,9 +1,7 @@
 """Pascal VOC: a root with Annotations/ and JPEGImages/, a split list, or a folder of XML files."""
 
-import xml.etree.ElementTree as ET
-
 from otxlite.core.files import read_text
-from otxlite.data.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, parse_box
+from otxlite.data.formats.base import IMAGE_SUFFIXES, DataError, Sample, Split, parse_box, read_xml
 
 
 def load_voc(spec):
@@ -42,14 +40,7 @@ def list_voc_split(split_list, xml_dir):
 
 
 def read_voc_xml(path, image_dir):
-    try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found (listed in the split).") from None
-    except ET.ParseError as err:
-        raise DataError(f"{path}: unreadable XML ({err}). Fix or remove the file.") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the annotation file ({err.strerror or err}).") from None
+    root = read_xml(path, "annotation file not found (listed in the split).")
     filename = (root.findtext("filename") or "").strip() or f"{path.stem}.jpg"
     image = image_dir / filename
     if not image.suffix:  # some tools write the file name without its extension
