@@ -359,10 +359,10 @@ def metadata_files(folder):
 
 def grown_template(load_weights):
     """The template of the otxlite weights.pth that training starts from (and grows), or None."""
-    from otxlite.core.files import read_torch_file
+    from otxlite.core.files import is_checkpoint, read_torch_file
 
     checkpoint = read_torch_file(load_weights) if load_weights else None
-    if isinstance(checkpoint, dict) and "format_version" in checkpoint:
+    if is_checkpoint(checkpoint):
         log.info("Training %s, the template of %s.", checkpoint["template"]["id"], load_weights)
         return checkpoint["template"]
     return None

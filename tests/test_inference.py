@@ -23,16 +23,16 @@ from pycocotools.cocoeval import COCOeval
 
 from otxlite.api import Engine
 from otxlite.core.errors import OtxliteError
-from otxlite.core.labels import LabelSchema
 from otxlite.core.files import read_json
+from otxlite.core.labels import LabelSchema
 from otxlite.data.records import load_splits
 from otxlite.data.specs import read_data_yaml, split_specs
 from otxlite.engine.evaluate import evaluate
 from otxlite.export.deploy import deploy
+from otxlite.inference.backends import load_predictor
 from otxlite.inference.demo import demo
 from otxlite.inference.predict import predict_files
 from otxlite.inference.select import MIN_SCORE, binary_entropy
-from otxlite.inference.backends import load_predictor
 
 MODEL_FILES = ("run/weights.pth", "export/model.onnx", "export/openvino.xml")
 FASTER_RCNN = pytest.mark.parametrize("exported", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
@@ -282,6 +282,19 @@ def test_pre_annotations_in_every_format_read_back_as_the_same_boxes_and_train(e
         assert_same_boxes(read_back, expected, 0.02)
         assert len(split.samples) == len(list(images.glob("*.jpg")))  # images without detections too
     assert sorted(p.name for p in images.iterdir()) == sorted(p.name for p in (data.parent / "images").iterdir())
+    # a list whose paths climb out of its folder: every file lands inside --output, and only the listed images
+    (tmp_path / "lists").mkdir()
+    listed = sorted(images.glob("*.jpg"))[:2]
+    (tmp_path / "lists" / "two.txt").write_text("".join(f"{os.path.relpath(p, tmp_path / 'lists')}\n" for p in listed))
+    before = {p for p in tmp_path.rglob("*")}
+    for fmt in ("yolo", "voc", "labelme"):
+        status, _, err = otxlite("predict", "--load-weights", weights, "--input", tmp_path / "lists" / "two.txt",
+                                 "--output", tmp_path / f"two-{fmt}", "--format", fmt)
+        assert status == 0, err
+        assert all(p.is_relative_to(tmp_path / f"two-{fmt}") for p in set(tmp_path.rglob("*")) - before), fmt
+        before = {p for p in tmp_path.rglob("*")}
+        split = load_splits(read_data_yaml(tmp_path / f"two-{fmt}" / "data.yaml"), task=None)[0]["train"]
+        assert sorted(s.image.name for s in split.samples) == [p.name for p in listed], fmt
 
     status, _, err = otxlite("predict", "--load-weights", weights, "--input", images, "--output", tmp_path / "voc",
                              "--format", "voc")

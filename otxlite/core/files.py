@@ -143,10 +143,15 @@ def read_torch_file(path):
         raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({first_line}).") from None
 
 
+def is_checkpoint(content):
+    """Whether content (a torch file's) is an otxlite checkpoint, not a plain state_dict or another object."""
+    return isinstance(content, dict) and "format_version" in content
+
+
 def load_checkpoint(path):
     """An otxlite checkpoint (weights.pth or checkpoints/last.pth)."""
     checkpoint = read_torch_file(path)
-    if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
+    if not is_checkpoint(checkpoint):
         raise ModelFileError(
             f"{path}: not an otxlite checkpoint (no format_version). Pass a weights.pth written by `otxlite train`."
         )

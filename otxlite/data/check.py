@@ -67,7 +67,7 @@ def split_summary(name, spec, split):
             f"{ignored} of them crowd or difficult regions (not trained on, ignored when scoring)",
             *([f"  {shaped} boxes with masks (instance segmentation needs one on every box that is not a crowd "
                f"region)"] if shaped else []),
-            *([f"  info: {split.unlabelled} image(s) without an annotation file of their own, read as background "
+            *([f"  info: {len(split.unlabelled)} image(s) without an annotation file of their own, read as background "
                f"(no objects)"] if split.unlabelled else []),
             "  boxes per class: " + (", ".join(f"{c} {per_class[c]}" for c in split.class_order) or "none"),
             f"  image sizes: {shown or 'none readable'}{more}"]

@@ -198,7 +198,8 @@ def read_listed(spec):
             raise DataError(f"{spec.image_list} (line {number}): '{line}' {problem} the annotations of split "
                             f"'{spec.name}' ({spec.ann_files}). Use the image's path or a unique file name.")
         kept.append(matches[0])
-    return replace(split, samples=kept)
+    images = {sample.image for sample in kept}
+    return replace(split, samples=kept, unlabelled=tuple(image for image in split.unlabelled if image in images))
 
 
 def write_data_yaml(specs, path):

@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 
 from otxlite.core.errors import OtxliteError
-from otxlite.core.files import load_checkpoint, log_file, read_torch_file, save_checkpoint, write_atomic
+from otxlite.core.files import (
+    is_checkpoint,
+    load_checkpoint,
+    log_file,
+    read_torch_file,
+    save_checkpoint,
+    write_atomic,
+)
 from otxlite.core.labels import LabelSchema, label_names
 from otxlite.core.report import plot_history
 from otxlite.core.tasks import task_of
@@ -227,7 +234,7 @@ def grown_model(load_weights, state):
         source = state["labels"].get("grown_from", {}).get("model")
         return (LabelSchema.of(state["labels"]), source) if source else None
     checkpoint = read_torch_file(load_weights) if load_weights else None
-    if isinstance(checkpoint, dict) and "format_version" in checkpoint:
+    if is_checkpoint(checkpoint):
         return LabelSchema.of(checkpoint["labels"]), load_weights
     return None
 
@@ -331,7 +338,7 @@ def start_from(model, path, schema):
     otherwise (a new head, a state_dict) the class head starts fresh.
     """
     checkpoint = read_torch_file(path)
-    if isinstance(checkpoint, dict) and "format_version" in checkpoint:
+    if is_checkpoint(checkpoint):
         old = label_names(checkpoint["labels"])
         grows = label_names(schema)[:len(old)] == old
         state_dict = grown_class_heads(checkpoint["model"], model, len(old)) if grows else checkpoint["model"]

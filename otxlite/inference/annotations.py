@@ -58,8 +58,14 @@ class AnnotationFolder:
     written at close, with data.yaml (one split, `train`) over them and the images."""
 
     def __init__(self, folder, fmt, run):
-        self.folder, self.format, self.root = Path(folder), fmt, Path(run["root"]).absolute()
+        self.folder, self.format = Path(folder), fmt
         self.schema, self.file_ids = LabelSchema.of(run["schema"]), run["file_ids"]
+        # each image by its path under the folder all of them share, which data.yaml's data-roots names: a list's
+        # names may climb out of its folder (../images/a.jpg), and nothing may be written outside the output
+        paths = {name: Path(os.path.abspath(Path(run["root"]) / name)) for name in self.file_ids}
+        common = Path(os.path.commonpath(list(paths.values())))
+        self.root = common.parent if len(paths) == 1 else common
+        self.names = {name: path.relative_to(self.root).as_posix() for name, path in paths.items()}
         if self.folder.is_file() or self.folder.is_dir() and any(self.folder.iterdir()):
             raise OtxliteError(f"{self.folder}: --format {fmt} writes a folder of annotation files; give a new or "
                                f"empty --output folder.")
@@ -77,15 +83,20 @@ class AnnotationFolder:
         ann_files = getattr(self, f"write_{self.format}")()
         names = {label["id"] - 1: label["name"] for label in self.schema["labels"]} if self.format == "yolo" else None
         roots = None if self.format == "labelme" else self.root  # Labelme files name their image's path
-        write_data_yaml({"train": SplitSpec("train", ann_files, roots, format=self.format, names=names)},
-                        self.folder / "data.yaml")
+        listed = None
+        if self.format == "yolo":  # YOLO reads every image under data-roots: only the predicted ones are labelled
+            listed = self.folder / "images.txt"
+            text = "".join(f"{self.names[row['file_name']]}\n" for row in self.rows).encode()
+            write_atomic(listed, lambda f: f.write(text))
+        write_data_yaml({"train": SplitSpec("train", ann_files, roots, format=self.format, names=names,
+                                            image_list=listed)}, self.folder / "data.yaml")
         return sum(len(row["score"]) for row in self.rows)
 
     def write_coco(self):
         images, annotations = [], []
         for row in self.rows:
             image_id = self.file_ids[row["file_name"]]
-            images.append({"id": image_id, "file_name": row["file_name"], "width": row["width"],
+            images.append({"id": image_id, "file_name": self.names[row["file_name"]], "width": row["width"],
                            "height": row["height"]})
             for name, score, (x1, y1, x2, y2), polygons in instances(row):
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id,
@@ -101,7 +112,7 @@ class AnnotationFolder:
     def write_voc(self):
         for row in self.rows:
             root = ET.Element("annotation")
-            ET.SubElement(root, "filename").text = row["file_name"]
+            ET.SubElement(root, "filename").text = self.names[row["file_name"]]
             size = ET.SubElement(root, "size")
             for key, value in (("width", row["width"]), ("height", row["height"]), ("depth", 3)):
                 ET.SubElement(size, key).text = str(value)
@@ -112,7 +123,7 @@ class AnnotationFolder:
                 corners = ET.SubElement(node, "bndbox")
                 for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
                     ET.SubElement(corners, key).text = f"{value:g}"
-            write_xml(self.folder / "Annotations" / flat_name(row["file_name"], ".xml"), root)
+            write_xml(self.folder / "Annotations" / flat_name(self.names[row["file_name"]], ".xml"), root)
         return self.folder / "Annotations"
 
     def write_yolo(self):
@@ -126,7 +137,7 @@ class AnnotationFolder:
                 else:
                     box = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
                     lines.append(" ".join([str(index), *(f"{v:.6f}" for v in box)]))
-            label = self.folder / "labels" / PurePosixPath(row["file_name"]).with_suffix(".txt")
+            label = self.folder / "labels" / PurePosixPath(self.names[row["file_name"]]).with_suffix(".txt")
             make_folder(label.parent)
             text = "".join(f"{line}\n" for line in lines).encode()
             write_atomic(label, lambda f, text=text: f.write(text))
@@ -134,7 +145,7 @@ class AnnotationFolder:
 
     def write_labelme(self):
         for row in self.rows:
-            path = self.folder / flat_name(row["file_name"], ".json")
+            path = self.folder / flat_name(self.names[row["file_name"]], ".json")
             shapes = []
             for name, score, (x1, y1, x2, y2), polygons in instances(row):
                 parts = [[[p[i], p[i + 1]] for i in range(0, len(p), 2)] for p in polygons] if polygons else None
@@ -143,7 +154,7 @@ class AnnotationFolder:
                             "description": f"score {score:.3f}", "flags": {}} for points in parts] if parts else \
                     [{"label": name, "points": [[x1, y1], [x2, y2]], "group_id": None, "shape_type": "rectangle",
                       "description": f"score {score:.3f}", "flags": {}}]
-            image = os.path.relpath(self.root / row["file_name"], path.parent)
+            image = os.path.relpath(self.root / self.names[row["file_name"]], path.parent)
             write_json(path, {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": image,
                               "imageData": None, "imageHeight": row["height"], "imageWidth": row["width"]})
         return self.folder
@@ -157,7 +168,8 @@ class AnnotationFolder:
             ET.SubElement(node, "name").text = label["name"]
             ET.SubElement(node, "color").text = label["color"]
         for row in self.rows:
-            image = ET.SubElement(root, "image", id=str(self.file_ids[row["file_name"]] - 1), name=row["file_name"],
+            image = ET.SubElement(root, "image", id=str(self.file_ids[row["file_name"]] - 1),
+                                  name=self.names[row["file_name"]],
                                   width=str(row["width"]), height=str(row["height"]))
             for group, (name, _, (x1, y1, x2, y2), polygons) in enumerate(instances(row), 1):
                 if polygons:

@@ -191,7 +191,7 @@ class Split:
     class_order: list | None  # the order the format gives classes (COCO ids, YOLO names); None: first appearance
     declared: list | None = None  # every class the file declares, used or not (COCO categories)
     orphans: list = field(default_factory=list)  # annotation files (labels, masks) whose image is not there
-    unlabelled: int = 0  # images without an annotation file of their own (read as background)
+    unlabelled: tuple = ()  # the images without an annotation file of their own (read as background)
 
 
 def read_xml(path, missing):

@@ -30,7 +30,7 @@ def load_masks(spec):
     pngs = [path for path in Path(spec.ann_files).rglob("*") if path.suffix.lower() == ".png"]
     orphans = sorted(set(pngs) - set(masks))
     return Split(spec.name, samples, [n for n in spec.names.values() if n in used], orphans=orphans,
-                 unlabelled=sum(mask is None for mask in masks))
+                 unlabelled=tuple(image for image, mask in zip(images, masks) if mask is None))
 
 
 def mask_path(folder, stem):

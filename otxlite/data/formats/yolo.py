@@ -32,7 +32,7 @@ def load_yolo(spec):
     folders = {label.parent for label in labels}
     orphans = sorted({path for folder in folders if folder.is_dir() for path in folder.glob("*.txt")} - set(labels))
     return Split(spec.name, samples, [n for n in spec.names.values() if n in used], orphans=orphans,
-                 unlabelled=sum(not label.exists() for label in labels))
+                 unlabelled=tuple(image for image, label in zip(images, labels) if not label.exists()))
 
 
 def list_images(source):
